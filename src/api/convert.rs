@@ -1,0 +1,68 @@
+//! Domain -> protobuf, at the edge and nowhere else.
+
+use crate::ledger::{Entry, EntryKind, Offering, OfferingStatus, Position, Timestamp};
+use crate::proto;
+
+pub fn timestamp(time: Timestamp) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: time.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn status(status: OfferingStatus) -> proto::OfferingStatus {
+    match status {
+        OfferingStatus::Open => proto::OfferingStatus::Open,
+        OfferingStatus::Closed => proto::OfferingStatus::Closed,
+        OfferingStatus::Finalized => proto::OfferingStatus::Finalized,
+    }
+}
+
+fn kind(kind: EntryKind) -> proto::EntryKind {
+    match kind {
+        EntryKind::OfferingCreated => proto::EntryKind::OfferingCreated,
+        EntryKind::Subscribed => proto::EntryKind::Subscribed,
+        EntryKind::Cancelled => proto::EntryKind::Cancelled,
+        EntryKind::OfferingClosed => proto::EntryKind::OfferingClosed,
+        EntryKind::OfferingFinalized => proto::EntryKind::OfferingFinalized,
+    }
+}
+
+pub fn offering(offering: Offering) -> proto::Offering {
+    proto::Offering {
+        remaining_units: offering.remaining_units(),
+        offering_id: offering.offering_id,
+        name: offering.name,
+        max_units: offering.max_units,
+        max_units_per_investor: offering.max_units_per_investor,
+        subscribed_units: offering.subscribed_units,
+        investor_count: offering.investor_count,
+        status: status(offering.status).into(),
+        version: offering.version,
+        create_time: Some(timestamp(offering.create_time)),
+        update_time: Some(timestamp(offering.update_time)),
+    }
+}
+
+pub fn position(position: Position) -> proto::Position {
+    proto::Position {
+        offering_id: position.offering_id,
+        investor_id: position.investor_id,
+        units: position.units,
+        update_time: position.update_time.map(timestamp),
+    }
+}
+
+pub fn entry(entry: Entry) -> proto::HistoryEntry {
+    proto::HistoryEntry {
+        offering_id: entry.offering_id,
+        sequence: entry.sequence,
+        kind: kind(entry.kind).into(),
+        investor_id: entry.investor_id,
+        units_delta: entry.units_delta,
+        investor_units_after: entry.investor_units_after,
+        offering_units_after: entry.offering_units_after,
+        request_id: entry.request_id,
+        record_time: Some(timestamp(entry.record_time)),
+    }
+}

@@ -1,0 +1,168 @@
+//! The one place where errors become gRPC statuses.
+//!
+//! Every status carries a google.rpc.ErrorInfo (domain "subledger.v1") whose reason names the
+//! rule, so clients branch on the reason, not on the message. Database details go to the log,
+//! never to the caller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::group_commit::QueueFull;
+use crate::ledger::Rejection;
+use crate::store::StoreError;
+
+pub const ERROR_DOMAIN: &str = "subledger.v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is malformed; `field` is its proto field name.
+    #[error("{field}: {description}")]
+    InvalidArgument {
+        field: &'static str,
+        description: String,
+    },
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    #[error(transparent)]
+    Overloaded(#[from] QueueFull),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(Arc::new(error))
+    }
+}
+
+impl From<Arc<StoreError>> for ApiError {
+    fn from(error: Arc<StoreError>) -> Self {
+        Self::Store(error)
+    }
+}
+
+impl ApiError {
+    pub fn invalid(field: &'static str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            description: description.into(),
+        }
+    }
+
+    /// The status code, and the ErrorInfo reason with its metadata.
+    fn classify(&self) -> (Code, &'static str, Vec<(&'static str, String)>) {
+        use Rejection as R;
+        match self {
+            Self::InvalidArgument { field, .. } => (
+                Code::InvalidArgument,
+                "INVALID_FIELD",
+                vec![("field", (*field).to_owned())],
+            ),
+            Self::Rejected(rejection) => match rejection {
+                R::OfferingNotFound { offering_id } => (
+                    Code::NotFound,
+                    "OFFERING_NOT_FOUND",
+                    vec![("offering_id", offering_id.clone())],
+                ),
+                R::OfferingExists { offering_id } => (
+                    Code::AlreadyExists,
+                    "OFFERING_EXISTS",
+                    vec![("offering_id", offering_id.clone())],
+                ),
+                R::OfferingCapExceeded {
+                    requested,
+                    remaining,
+                    max_units,
+                } => (
+                    Code::FailedPrecondition,
+                    "OFFERING_CAP_EXCEEDED",
+                    vec![
+                        ("requested_units", requested.to_string()),
+                        ("remaining_units", remaining.to_string()),
+                        ("max_units", max_units.to_string()),
+                    ],
+                ),
+                R::InvestorCapExceeded { would_hold, cap } => (
+                    Code::FailedPrecondition,
+                    "INVESTOR_CAP_EXCEEDED",
+                    vec![
+                        ("would_hold_units", would_hold.to_string()),
+                        ("max_units_per_investor", cap.to_string()),
+                    ],
+                ),
+                R::OfferingNotOpen { status } => (
+                    Code::FailedPrecondition,
+                    "OFFERING_NOT_OPEN",
+                    vec![("status", (*status).to_owned())],
+                ),
+                R::OfferingNotClosed { status } => (
+                    Code::FailedPrecondition,
+                    "OFFERING_NOT_CLOSED",
+                    vec![("status", (*status).to_owned())],
+                ),
+                R::InsufficientUnits { requested, held } => (
+                    Code::FailedPrecondition,
+                    "INSUFFICIENT_UNITS",
+                    vec![
+                        ("requested_units", requested.to_string()),
+                        ("held_units", held.to_string()),
+                    ],
+                ),
+                R::RequestIdReused { request_id } => (
+                    Code::FailedPrecondition,
+                    "REQUEST_ID_REUSED",
+                    vec![("request_id", request_id.clone())],
+                ),
+                R::VersionMismatch { expected, actual } => (
+                    Code::Aborted,
+                    "VERSION_MISMATCH",
+                    vec![
+                        ("expected_version", expected.to_string()),
+                        ("actual_version", actual.to_string()),
+                    ],
+                ),
+            },
+            Self::Store(error) => match error.as_ref() {
+                StoreError::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", vec![]),
+                StoreError::Database(_) | StoreError::Corrupt(_) => {
+                    (Code::Internal, "INTERNAL", vec![])
+                }
+            },
+            Self::Overloaded(_) => (Code::ResourceExhausted, "OFFERING_QUEUE_FULL", vec![]),
+            Self::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", vec![]),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        let (code, reason, metadata) = error.classify();
+        let message = match &error {
+            // The caller learns that the database failed, not how: that goes to the log.
+            ApiError::Store(store_error) => {
+                tracing::error!(error = %store_error, "database call failed");
+                match store_error.as_ref() {
+                    StoreError::Unavailable(_) => {
+                        "the database is unavailable; retry with the same request_id".to_owned()
+                    }
+                    _ => "internal error; see the server log".to_owned(),
+                }
+            }
+            other => other.to_string(),
+        };
+        let metadata: HashMap<String, String> = metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+        if let ApiError::InvalidArgument { field, description } = &error {
+            details.set_bad_request(vec![FieldViolation::new(*field, description.clone())]);
+        }
+        Status::with_error_details(code, message, details)
+    }
+}

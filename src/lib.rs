@@ -1,0 +1,19 @@
+//! subledger: a gRPC subscription ledger for capped offerings.
+//!
+//! Layers, each depending only on the ones after it:
+//! - [`proto`]: the generated gRPC types (proto/subledger/v1/subledger.proto);
+//! - [`api`]: the tonic service: validation, conversion, status mapping, tracing;
+//! - [`group_commit`]: concurrent mutations of one offering share one transaction;
+//! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
+//! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
+//!
+//! [`cli`] and [`server`] wire them together; `main.rs` only calls [`cli::run`].
+
+pub mod api;
+pub mod cli;
+pub mod group_commit;
+pub mod ledger;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod telemetry;

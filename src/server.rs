@@ -1,0 +1,112 @@
+//! Wires a store into a gRPC server: the ledger service, health and reflection, and a graceful
+//! shutdown (stop accepting, finish calls in flight, end watch streams, return).
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::api::LedgerService;
+use crate::proto::{self, subscription_ledger_server::SubscriptionLedgerServer};
+use crate::store::Store;
+
+/// How often health checks ask the database whether it answers.
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A probe slower than this counts as the database not answering.
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection descriptors: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves on `listener` until `shutdown` is cancelled and the calls in flight have finished.
+pub async fn serve<S: Store>(
+    store: S,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // The first answer is known before the first call can ask.
+    let first = probe_health(&store, &health_reporter, None).await;
+    tokio::spawn(report_health(
+        store.clone(),
+        health_reporter,
+        first,
+        shutdown.clone(),
+    ));
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let ledger = SubscriptionLedgerServer::new(LedgerService::new(store, shutdown.clone()));
+    // Replies are small and latency-bound: do not let Nagle hold them back.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(ledger)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
+
+/// Asks the database once and publishes the answer if it changed; returns the status now shown.
+async fn probe_health<S: Store>(
+    store: &S,
+    reporter: &HealthReporter,
+    last: Option<ServingStatus>,
+) -> ServingStatus {
+    let answers = matches!(
+        tokio::time::timeout(HEALTH_PROBE_TIMEOUT, store.ping()).await,
+        Ok(Ok(()))
+    );
+    let status = if answers {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    if last != Some(status) {
+        if !answers {
+            tracing::warn!("database does not answer; health is NOT_SERVING");
+        }
+        reporter.set_service_status("", status).await;
+        reporter
+            .set_service_status(proto::SERVICE_NAME, status)
+            .await;
+    }
+    status
+}
+
+/// Reflection describes the ledger and health services, so grpcurl needs no proto files.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// SERVING while the database answers, NOT_SERVING otherwise, for the whole server ("") and the
+/// ledger service by name.
+async fn report_health<S: Store>(
+    store: S,
+    reporter: HealthReporter,
+    mut last: ServingStatus,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                reporter.set_service_status("", ServingStatus::NotServing).await;
+                return;
+            }
+            () = tokio::time::sleep(HEALTH_PROBE_INTERVAL) => {}
+        }
+        last = probe_health(&store, &reporter, Some(last)).await;
+    }
+}

@@ -1,0 +1,151 @@
+//! Storage: one trait, two backends (PostgreSQL for several replicas, SQLite embedded).
+//!
+//! A backend owns its SQL and its transactions. Every mutation is ONE transaction, opened and
+//! committed in exactly one function per backend (`create_offering` and `apply`): lock, load,
+//! let `ledger` decide, write, commit. A result is returned only after the commit returned.
+
+mod postgres;
+mod rows;
+mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::ledger::verify::Report;
+use crate::ledger::{
+    Applied, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection, Request,
+};
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Errors of the storage itself, as opposed to a ledger rule refusing a request.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or gave up (connection refused, pool timed out, busy).
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// Anything else the database said: a bug or a broken schema, never the caller's doing.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// A stored value no migration writes.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &error {
+            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+                Self::Unavailable(error)
+            }
+            E::Database(db) if is_unavailable_code(db.code().as_deref()) => {
+                Self::Unavailable(error)
+            }
+            _ => Self::Database(error),
+        }
+    }
+}
+
+/// PostgreSQL: SQLSTATE class 08 (connection), 57P (shutdown, restart), 53300 (too many
+/// connections). SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
+fn is_unavailable_code(code: Option<&str>) -> bool {
+    match code {
+        Some(pg) if pg.len() == 5 => pg.starts_with("08") || pg.starts_with("57P") || pg == "53300",
+        Some(sqlite) => sqlite
+            .parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
+        None => false,
+    }
+}
+
+/// The time recorded for a write: microsecond precision, which both databases store exactly,
+/// so what a reply says and what a later read returns are equal.
+pub(crate) fn now() -> crate::ledger::Timestamp {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6)
+}
+
+/// A committed change to an offering: its new version. Sent after every commit, so that
+/// WatchHistory streams wake up; receivers re-read the history, so a missed one costs latency,
+/// never an entry.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub offering_id: Arc<str>,
+    pub version: i64,
+}
+
+/// How many changes a slow watcher may fall behind before it must re-read (it then does).
+pub(crate) const CHANGE_CHANNEL_CAPACITY: usize = 4096;
+
+/// A page of one offering's history.
+#[derive(Clone, Debug)]
+pub struct HistoryQuery<'a> {
+    pub offering_id: &'a str,
+    /// Only this investor's entries.
+    pub investor_id: Option<&'a str>,
+    /// Entries with sequence > after_sequence.
+    pub after_sequence: i64,
+    pub limit: u32,
+}
+
+/// The storage a subledger server runs on.
+pub trait Store: Clone + Send + Sync + 'static {
+    /// "postgres" or "sqlite", for logs.
+    fn backend(&self) -> &'static str;
+
+    /// Answers when the database does (health checks).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Creates the offering, or recognises a retry of the request that created it.
+    fn create_offering(
+        &self,
+        new: &NewOffering,
+    ) -> impl Future<Output = Result<Result<CreateOutcome, Rejection>, StoreError>> + Send;
+
+    /// Applies `requests` to one offering in one transaction, in order, each validated against
+    /// the state the previous ones left. One result per request; a rejected request changes
+    /// nothing. All are rejected with OfferingNotFound if the offering does not exist.
+    fn apply(
+        &self,
+        offering_id: &str,
+        requests: &[Request],
+    ) -> impl Future<Output = Result<Vec<Result<Applied, Rejection>>, StoreError>> + Send;
+
+    fn get_offering(
+        &self,
+        offering_id: &str,
+    ) -> impl Future<Output = Result<Option<Offering>, StoreError>> + Send;
+
+    /// Offerings ordered by offering_id, those after `after` only.
+    fn list_offerings(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Offering>, StoreError>> + Send;
+
+    /// None when the investor never held units in the offering.
+    fn get_position(
+        &self,
+        offering_id: &str,
+        investor_id: &str,
+    ) -> impl Future<Output = Result<Option<Position>, StoreError>> + Send;
+
+    /// Recomputes the offering from its history and compares it with its head and positions,
+    /// all read from one snapshot while writers go on. None when the offering does not exist.
+    fn verify_offering(
+        &self,
+        offering_id: &str,
+    ) -> impl Future<Output = Result<Option<Report>, StoreError>> + Send;
+
+    fn list_history(
+        &self,
+        query: HistoryQuery<'_>,
+    ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Changes committed from now on, through this process or (PostgreSQL) any replica.
+    fn changes(&self) -> broadcast::Receiver<Change>;
+}

@@ -1,0 +1,410 @@
+//! PostgreSQL backend: several replicas on one database.
+//!
+//! Writers of one offering serialize on its head row (SELECT ... FOR UPDATE), always taken
+//! first, so there is no lock-order deadlock. While it is held a batch costs four round trips:
+//! lock the head, read positions, read earlier entries of its request_ids, write everything in one
+//! statement; then COMMIT. Commits send a NOTIFY so that watchers on every replica wake up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::broadcast;
+
+use super::rows::{
+    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+};
+use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
+use crate::ledger::verify::{Report, Verifier};
+use crate::ledger::{
+    Applied, Batch, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection,
+    Request, check_create,
+};
+
+/// NOTIFY channel carrying "version:offering_id" after each commit.
+const CHANGE_CHANNEL: &str = "subledger_history";
+/// How long a call may wait for a pooled connection before it answers UNAVAILABLE.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before the change listener reconnects after losing its connection.
+const LISTENER_RETRY: Duration = Duration::from_secs(1);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    changes: broadcast::Sender<Change>,
+}
+
+impl PgStore {
+    /// Connects without touching the schema (see [`PgStore::migrate`]) and starts the task that
+    /// turns NOTIFYs into [`Change`]s.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse()?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
+        tokio::spawn(forward_notifications(pool.clone(), changes.clone()));
+        Ok(Self { pool, changes })
+    }
+
+    /// Applies pending migrations. Safe when several replicas start at once: sqlx takes an
+    /// advisory lock around them.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATOR.run(&self.pool).await
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Lock order: the head row first, always (the only row lock any transaction takes
+    /// explicitly; position rows are only written while it is held).
+    async fn lock_head(
+        tx: &mut Transaction<'static, Postgres>,
+        offering_id: &str,
+    ) -> Result<Option<Offering>, StoreError> {
+        let row: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = $1 FOR UPDATE"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    async fn load_batch_inputs(
+        tx: &mut Transaction<'static, Postgres>,
+        offering_id: &str,
+        requests: &[Request],
+    ) -> Result<(Vec<Position>, Vec<Entry>), StoreError> {
+        let investor_ids: Vec<&str> = requests
+            .iter()
+            .filter_map(|r| r.command.investor_id())
+            .collect();
+        let positions: Vec<PositionRow> = if investor_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT offering_id, investor_id, units, update_time FROM investor_position \
+                 WHERE offering_id = $1 AND investor_id = ANY($2)",
+            )
+            .bind(offering_id)
+            .bind(&investor_ids)
+            .fetch_all(&mut **tx)
+            .await?
+        };
+        let request_ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
+        let recorded: Vec<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE offering_id = $1 AND request_id = ANY($2)"
+        ))
+        .bind(offering_id)
+        .bind(&request_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok((
+            positions.into_iter().map(Position::from).collect(),
+            into_entries(recorded)?,
+        ))
+    }
+
+    /// Appends the entries, upserts the positions and updates the head in one statement.
+    async fn write(
+        tx: &mut Transaction<'static, Postgres>,
+        writes: &BatchWrites,
+    ) -> Result<(), StoreError> {
+        let entries = &writes.entries;
+        let head = &writes.head;
+        sqlx::query(
+            "WITH appended AS ( \
+                INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
+                    offering_units_after, request_id, requested_units, expected_version, record_time) \
+                SELECT $1, * FROM UNNEST($2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
+                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[]) \
+             ), positions AS ( \
+                INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
+                SELECT $1, * FROM UNNEST($12::text[], $13::bigint[], $14::timestamptz[]) \
+                ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, update_time = EXCLUDED.update_time \
+             ) \
+             UPDATE offering_head SET subscribed_units = $15, investor_count = $16, status = $17, version = $18, \
+                update_time = $19 \
+             WHERE offering_id = $1 \
+             RETURNING pg_notify('subledger_history', $18::text || ':' || $1)",
+        )
+        .bind(&head.offering_id)
+        .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.kind as i16).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.investor_id.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.units_delta).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.investor_units_after).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.offering_units_after).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.requested_units).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.expected_version).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.record_time).collect::<Vec<_>>())
+        .bind(writes.positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
+        .bind(writes.positions.iter().map(|p| p.units).collect::<Vec<_>>())
+        .bind(writes.positions.iter().map(|p| p.update_time).collect::<Vec<_>>())
+        .bind(head.subscribed_units)
+        .bind(head.investor_count)
+        .bind(head.status as i16)
+        .bind(head.version)
+        .bind(head.update_time)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+}
+
+impl Store for PgStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_offering(
+        &self,
+        new: &NewOffering,
+    ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
+        let (head, entry) = new.first_rows(super::now());
+        let mut tx = self.pool.begin().await?;
+        // ON CONFLICT DO NOTHING waits for a concurrent creator of the same id to finish, so the
+        // loser then sees the winner's committed rows.
+        let inserted = sqlx::query(
+            "WITH head AS ( \
+                INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+                    investor_count, status, version, create_time, update_time) \
+                VALUES ($1, $2, $3, $4, 0, 0, $5, 1, $6, $6) ON CONFLICT (offering_id) DO NOTHING RETURNING offering_id \
+             ) \
+             INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
+                offering_units_after, request_id, requested_units, expected_version, record_time) \
+             SELECT offering_id, 1, $7, '', 0, 0, 0, $8, $3, 0, $6 FROM head",
+        )
+        .bind(&head.offering_id)
+        .bind(&head.name)
+        .bind(head.max_units)
+        .bind(head.max_units_per_investor)
+        .bind(head.status as i16)
+        .bind(head.create_time)
+        .bind(entry.kind as i16)
+        .bind(&entry.request_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            tx.commit().await?;
+            let _ = self.changes.send(Change {
+                offering_id: head.offering_id.as_str().into(),
+                version: 1,
+            });
+            return Ok(Ok(CreateOutcome::Created(head)));
+        }
+        let existing = Self::lock_head(&mut tx, &new.offering_id).await?;
+        let created_by: Option<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE offering_id = $1 AND sequence = 1"
+        ))
+        .bind(&new.offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.rollback().await?;
+        match (existing, created_by) {
+            (Some(existing), Some(created_by)) => {
+                Ok(check_create(new, existing, &created_by.try_into()?))
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "offering {:?} has a head but no creation entry",
+                new.offering_id
+            ))),
+        }
+    }
+
+    async fn apply(
+        &self,
+        offering_id: &str,
+        requests: &[Request],
+    ) -> Result<Vec<Result<Applied, Rejection>>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let Some(head) = Self::lock_head(&mut tx, offering_id).await? else {
+            let missing = Rejection::OfferingNotFound {
+                offering_id: offering_id.to_owned(),
+            };
+            return Ok(requests.iter().map(|_| Err(missing.clone())).collect());
+        };
+        let (positions, recorded) = Self::load_batch_inputs(&mut tx, offering_id, requests).await?;
+        let mut batch = Batch::new(head, positions, recorded, super::now());
+        let results: Vec<_> = requests.iter().map(|r| batch.apply(r)).collect();
+        if !batch.has_writes() {
+            tx.rollback().await?;
+            return Ok(results);
+        }
+        let writes = batch.into_writes();
+        Self::write(&mut tx, &writes).await?;
+        tx.commit().await?;
+        // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
+        let _ = self.changes.send(Change {
+            offering_id: offering_id.into(),
+            version: writes.head.version,
+        });
+        Ok(results)
+    }
+
+    async fn get_offering(&self, offering_id: &str) -> Result<Option<Offering>, StoreError> {
+        let row: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = $1"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    async fn list_offerings(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Offering>, StoreError> {
+        let rows: Vec<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE $1::text IS NULL OR offering_id > $1 ORDER BY offering_id LIMIT $2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        into_offerings(rows)
+    }
+
+    async fn get_position(
+        &self,
+        offering_id: &str,
+        investor_id: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        let row: Option<PositionRow> = sqlx::query_as(
+            "SELECT offering_id, investor_id, units, update_time FROM investor_position \
+             WHERE offering_id = $1 AND investor_id = $2",
+        )
+        .bind(offering_id)
+        .bind(investor_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Position::from))
+    }
+
+    async fn verify_offering(&self, offering_id: &str) -> Result<Option<Report>, StoreError> {
+        // One snapshot for head, history and positions, so that concurrent writes cannot make
+        // them disagree; the history streams through in sequence order.
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let head: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = $1"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(head) = head.map(Offering::try_from).transpose()? else {
+            return Ok(None);
+        };
+        let mut verifier = Verifier::new(&head);
+        {
+            let mut rows = sqlx::query_as::<_, EntryRow>(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = $1 ORDER BY sequence"
+            ))
+            .bind(offering_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                verifier.check_entry(&row.try_into()?);
+            }
+        }
+        let positions: Vec<PositionRow> =
+            sqlx::query_as("SELECT offering_id, investor_id, units, update_time FROM investor_position WHERE offering_id = $1")
+                .bind(offering_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        let positions: Vec<Position> = positions.into_iter().map(Position::from).collect();
+        Ok(Some(verifier.finish(&head, &positions)))
+    }
+
+    async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
+        let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE offering_id = $1 AND ($2::text IS NULL OR investor_id = $2) AND sequence > $3 \
+              ORDER BY sequence LIMIT $4"
+        ))
+        .bind(query.offering_id)
+        .bind(query.investor_id)
+        .bind(query.after_sequence)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        into_entries(rows)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}
+
+/// Turns NOTIFYs from every replica into [`Change`]s, reconnecting for as long as the pool lives.
+async fn forward_notifications(pool: PgPool, changes: broadcast::Sender<Change>) {
+    loop {
+        if pool.is_closed() {
+            return;
+        }
+        let error = listen(&pool, &changes).await;
+        tracing::warn!(%error, "change listener lost its connection; watchers poll until it is back");
+        tokio::time::sleep(LISTENER_RETRY).await;
+    }
+}
+
+/// Returns only when the listener's connection fails.
+async fn listen(pool: &PgPool, changes: &broadcast::Sender<Change>) -> sqlx::Error {
+    let mut listener = match PgListener::connect_with(pool).await {
+        Ok(listener) => listener,
+        Err(error) => return error,
+    };
+    if let Err(error) = listener.listen(CHANGE_CHANNEL).await {
+        return error;
+    }
+    loop {
+        let notification = match listener.recv().await {
+            Ok(notification) => notification,
+            Err(error) => return error,
+        };
+        let Some((version, offering_id)) = notification.payload().split_once(':') else {
+            continue;
+        };
+        let Ok(version) = version.parse() else {
+            continue;
+        };
+        let _ = changes.send(Change {
+            offering_id: Arc::from(offering_id),
+            version,
+        });
+    }
+}

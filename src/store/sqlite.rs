@@ -1,0 +1,388 @@
+//! SQLite backend: the embedded default, for one process (or a few on one machine).
+//!
+//! A mutation begins with BEGIN IMMEDIATE, which takes the database's write lock up front: it
+//! plays the part of PostgreSQL's head row lock, for every offering at once, and across
+//! processes sharing the file. WAL mode lets reads go on meanwhile; synchronous=FULL makes a
+//! commit durable before the caller is answered, even across a power loss.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use tokio::sync::broadcast;
+
+use super::rows::{
+    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+};
+use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
+use crate::ledger::verify::{Report, Verifier};
+use crate::ledger::{
+    Applied, Batch, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection,
+    Request, check_create,
+};
+
+/// How long a writer waits for another connection or process to release the write lock before
+/// the call answers UNAVAILABLE.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Readers run concurrently under WAL; writers queue on the file lock anyway.
+const POOL_CONNECTIONS_MAX: u32 = 8;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+    changes: broadcast::Sender<Change>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the database file; its folder must exist.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_CONNECTIONS_MAX)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        // Fails here, not on the first call, when the file is not a database.
+        sqlx::query("SELECT count(*) FROM sqlite_schema")
+            .execute(&pool)
+            .await?;
+        let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
+        Ok(Self {
+            pool,
+            path: path.to_owned(),
+            changes,
+        })
+    }
+
+    /// Applies pending migrations. SQLite has no advisory lock, so processes starting together on
+    /// one file take turns on an exclusive lock of a file beside it.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        let lock_path = self.path.with_extension("migrate.lock");
+        let io_error =
+            |error: std::io::Error| sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(error));
+        let lock_file = std::fs::File::create(&lock_path).map_err(io_error)?;
+        let lock_file = tokio::task::spawn_blocking(move || lock_file.lock().map(|()| lock_file))
+            .await
+            .map_err(|error| io_error(std::io::Error::other(error)))?
+            .map_err(io_error)?;
+        let result = MIGRATOR.run(&self.pool).await;
+        drop(lock_file);
+        result
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn load_batch_inputs(
+        tx: &mut Transaction<'static, Sqlite>,
+        offering_id: &str,
+        requests: &[Request],
+    ) -> Result<(Vec<Position>, Vec<Entry>), StoreError> {
+        // Lists travel as JSON arrays: SQLite has no array parameters.
+        let investor_ids: Vec<&str> = requests
+            .iter()
+            .filter_map(|r| r.command.investor_id())
+            .collect();
+        let positions: Vec<PositionRow> = if investor_ids.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "SELECT offering_id, investor_id, units, update_time FROM investor_position \
+                 WHERE offering_id = ?1 AND investor_id IN (SELECT value FROM json_each(?2))",
+            )
+            .bind(offering_id)
+            .bind(json_array(&investor_ids))
+            .fetch_all(&mut **tx)
+            .await?
+        };
+        let request_ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
+        let recorded: Vec<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE offering_id = ?1 AND request_id IN (SELECT value FROM json_each(?2))"
+        ))
+        .bind(offering_id)
+        .bind(json_array(&request_ids))
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok((
+            positions.into_iter().map(Position::from).collect(),
+            into_entries(recorded)?,
+        ))
+    }
+
+    async fn write(
+        tx: &mut Transaction<'static, Sqlite>,
+        writes: &BatchWrites,
+    ) -> Result<(), StoreError> {
+        for entry in &writes.entries {
+            insert_entry(tx, entry).await?;
+        }
+        for position in &writes.positions {
+            sqlx::query(
+                "INSERT INTO investor_position (offering_id, investor_id, units, update_time) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = excluded.units, update_time = excluded.update_time",
+            )
+            .bind(&position.offering_id)
+            .bind(&position.investor_id)
+            .bind(position.units)
+            .bind(position.update_time)
+            .execute(&mut **tx)
+            .await?;
+        }
+        let head = &writes.head;
+        sqlx::query(
+            "UPDATE offering_head SET subscribed_units = ?2, investor_count = ?3, status = ?4, version = ?5, update_time = ?6 \
+             WHERE offering_id = ?1",
+        )
+        .bind(&head.offering_id)
+        .bind(head.subscribed_units)
+        .bind(head.investor_count)
+        .bind(head.status as i16)
+        .bind(head.version)
+        .bind(head.update_time)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn select_head(
+        tx: &mut Transaction<'static, Sqlite>,
+        offering_id: &str,
+    ) -> Result<Option<Offering>, StoreError> {
+        let row: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = ?1"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    fn announce(&self, offering_id: &str, version: i64) {
+        let _ = self.changes.send(Change {
+            offering_id: offering_id.into(),
+            version,
+        });
+    }
+}
+
+fn json_array(values: &[&str]) -> String {
+    serde_json::Value::from(values.to_vec()).to_string()
+}
+
+async fn insert_entry(
+    tx: &mut Transaction<'static, Sqlite>,
+    entry: &Entry,
+) -> Result<(), StoreError> {
+    sqlx::query(concat!(
+        "INSERT INTO history_entry (",
+        entry_columns!(),
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+    ))
+    .bind(&entry.offering_id)
+    .bind(entry.sequence)
+    .bind(entry.kind as i16)
+    .bind(&entry.investor_id)
+    .bind(entry.units_delta)
+    .bind(entry.investor_units_after)
+    .bind(entry.offering_units_after)
+    .bind(&entry.request_id)
+    .bind(entry.requested_units)
+    .bind(entry.expected_version)
+    .bind(entry.record_time)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn create_offering(
+        &self,
+        new: &NewOffering,
+    ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
+        let (head, entry) = new.first_rows(super::now());
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        if let Some(existing) = Self::select_head(&mut tx, &new.offering_id).await? {
+            let created_by: EntryRow = sqlx::query_as(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = ?1 AND sequence = 1"
+            ))
+            .bind(&new.offering_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(check_create(new, existing, &created_by.try_into()?));
+        }
+        sqlx::query(
+            "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+                investor_count, status, version, create_time, update_time) \
+             VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, 1, ?6, ?6)",
+        )
+        .bind(&head.offering_id)
+        .bind(&head.name)
+        .bind(head.max_units)
+        .bind(head.max_units_per_investor)
+        .bind(head.status as i16)
+        .bind(head.create_time)
+        .execute(&mut *tx)
+        .await?;
+        insert_entry(&mut tx, &entry).await?;
+        tx.commit().await?;
+        self.announce(&head.offering_id, 1);
+        Ok(Ok(CreateOutcome::Created(head)))
+    }
+
+    async fn apply(
+        &self,
+        offering_id: &str,
+        requests: &[Request],
+    ) -> Result<Vec<Result<Applied, Rejection>>, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let Some(head) = Self::select_head(&mut tx, offering_id).await? else {
+            let missing = Rejection::OfferingNotFound {
+                offering_id: offering_id.to_owned(),
+            };
+            return Ok(requests.iter().map(|_| Err(missing.clone())).collect());
+        };
+        let (positions, recorded) = Self::load_batch_inputs(&mut tx, offering_id, requests).await?;
+        let mut batch = Batch::new(head, positions, recorded, super::now());
+        let results: Vec<_> = requests.iter().map(|r| batch.apply(r)).collect();
+        if !batch.has_writes() {
+            tx.rollback().await?;
+            return Ok(results);
+        }
+        let writes = batch.into_writes();
+        Self::write(&mut tx, &writes).await?;
+        tx.commit().await?;
+        self.announce(offering_id, writes.head.version);
+        Ok(results)
+    }
+
+    async fn get_offering(&self, offering_id: &str) -> Result<Option<Offering>, StoreError> {
+        let row: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = ?1"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    async fn list_offerings(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Offering>, StoreError> {
+        let rows: Vec<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE ?1 IS NULL OR offering_id > ?1 ORDER BY offering_id LIMIT ?2"
+        ))
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        into_offerings(rows)
+    }
+
+    async fn get_position(
+        &self,
+        offering_id: &str,
+        investor_id: &str,
+    ) -> Result<Option<Position>, StoreError> {
+        let row: Option<PositionRow> = sqlx::query_as(
+            "SELECT offering_id, investor_id, units, update_time FROM investor_position \
+             WHERE offering_id = ?1 AND investor_id = ?2",
+        )
+        .bind(offering_id)
+        .bind(investor_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(Position::from))
+    }
+
+    async fn verify_offering(&self, offering_id: &str) -> Result<Option<Report>, StoreError> {
+        // One snapshot for head, history and positions, so that concurrent writes cannot make
+        // them disagree; the history streams through in sequence order.
+        let mut tx = self.pool.begin_with("BEGIN").await?;
+        let head: Option<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = ?1"
+        ))
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(head) = head.map(Offering::try_from).transpose()? else {
+            return Ok(None);
+        };
+        let mut verifier = Verifier::new(&head);
+        {
+            let mut rows = sqlx::query_as::<_, EntryRow>(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = ?1 ORDER BY sequence"
+            ))
+            .bind(offering_id)
+            .fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await? {
+                verifier.check_entry(&row.try_into()?);
+            }
+        }
+        let positions: Vec<PositionRow> =
+            sqlx::query_as("SELECT offering_id, investor_id, units, update_time FROM investor_position WHERE offering_id = ?1")
+                .bind(offering_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.rollback().await?;
+        let positions: Vec<Position> = positions.into_iter().map(Position::from).collect();
+        Ok(Some(verifier.finish(&head, &positions)))
+    }
+
+    async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
+        let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE offering_id = ?1 AND (?2 IS NULL OR investor_id = ?2) AND sequence > ?3 \
+              ORDER BY sequence LIMIT ?4"
+        ))
+        .bind(query.offering_id)
+        .bind(query.investor_id)
+        .bind(query.after_sequence)
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        into_entries(rows)
+    }
+
+    fn changes(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+}

@@ -1,0 +1,408 @@
+//! Shared set-up for the integration tests: a fresh database per test on a real PostgreSQL or a
+//! real SQLite file, servers started in-process on ephemeral ports (each with its own pool, like
+//! separate replicas), clients, and checks on gRPC error details.
+//!
+//! Every test body is written once and run on both backends by [`backend_tests!`].
+//! PostgreSQL comes from SUBLEDGER_TEST_POSTGRES_URL (default
+//! postgres://postgres@127.0.0.1:5432/postgres), where one database per test is created and
+//! dropped. A PostgreSQL test that cannot connect fails, unless SUBLEDGER_TEST_SKIP_POSTGRES=1
+//! (which scripts/test sets on a machine without PostgreSQL, never under CI=true).
+
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use sqlx::Connection;
+use subledger::proto::subscription_ledger_client::SubscriptionLedgerClient;
+use subledger::proto::{self};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub type Client = SubscriptionLedgerClient<Channel>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+fn postgres_admin_url() -> String {
+    std::env::var("SUBLEDGER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+/// A database of its own for one test; dropped (PostgreSQL) or deleted (SQLite) with it.
+pub struct TestDb {
+    pub backend: Backend,
+    /// What `subledger serve --database-url` takes.
+    pub url: String,
+    postgres_database: Option<String>,
+    sqlite_dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    /// None only when the PostgreSQL half is explicitly skipped.
+    pub async fn new(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temporary folder");
+                let url = format!("sqlite://{}", dir.path().join("subledger.db").display());
+                Some(Self {
+                    backend,
+                    url,
+                    postgres_database: None,
+                    sqlite_dir: Some(dir),
+                })
+            }
+            Backend::Postgres => {
+                let admin_url = postgres_admin_url();
+                let mut admin = match sqlx::PgConnection::connect(&admin_url).await {
+                    Ok(connection) => connection,
+                    Err(error)
+                        if std::env::var("SUBLEDGER_TEST_SKIP_POSTGRES").as_deref() == Ok("1") =>
+                    {
+                        eprintln!(
+                            "PostgreSQL test skipped (SUBLEDGER_TEST_SKIP_POSTGRES=1): {error}"
+                        );
+                        return None;
+                    }
+                    Err(error) => panic!(
+                        "cannot reach PostgreSQL at {admin_url}: {error}. Start it or set SUBLEDGER_TEST_POSTGRES_URL; \
+                         scripts/test skips this half explicitly when no PostgreSQL is running"
+                    ),
+                };
+                let name = format!("subledger_test_{}", uuid::Uuid::new_v4().simple());
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut admin)
+                    .await
+                    .expect("create test database");
+                let (base, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("PostgreSQL URL with a database");
+                let url = format!("{base}/{name}");
+                Some(Self {
+                    backend,
+                    url,
+                    postgres_database: Some(name),
+                    sqlite_dir: None,
+                })
+            }
+        }
+    }
+
+    /// Starts a server (its own pool: a separate replica) on an ephemeral port.
+    pub async fn start_server(&self) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind an ephemeral port");
+        let address = listener.local_addr().expect("local address");
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = match self.backend {
+            Backend::Postgres => {
+                let store = subledger::cli::open_postgres(&self.url, 16)
+                    .await
+                    .expect("open PostgreSQL store");
+                tokio::spawn(async move {
+                    subledger::server::serve(store, listener, token)
+                        .await
+                        .expect("serve")
+                })
+            }
+            Backend::Sqlite => {
+                let store = subledger::cli::open_sqlite(&self.sqlite_path())
+                    .await
+                    .expect("open SQLite store");
+                tokio::spawn(async move {
+                    subledger::server::serve(store, listener, token)
+                        .await
+                        .expect("serve")
+                })
+            }
+        };
+        TestServer {
+            address,
+            shutdown,
+            task: Some(task),
+        }
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.sqlite_dir
+            .as_ref()
+            .expect("a SQLite test database")
+            .path()
+            .join("subledger.db")
+    }
+
+    /// Runs one SQL statement directly on the database, bypassing subledger.
+    pub async fn execute_sql(&self, sql: &str) -> Result<u64, String> {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.backend {
+            Backend::Postgres => {
+                let mut connection = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sql)
+                    .execute(&mut connection)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string())
+            }
+            Backend::Sqlite => {
+                let mut connection = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sqlx::query(sql)
+                    .execute(&mut connection)
+                    .await
+                    .map(|r| r.rows_affected())
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_database.take() else {
+            return;
+        };
+        // Drop runs outside async context (and during a panic): use a thread with its own runtime.
+        let admin_url = postgres_admin_url();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut admin = sqlx::PgConnection::connect(&admin_url).await.ok()?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = dropped.join();
+    }
+}
+
+pub struct TestServer {
+    pub address: SocketAddr,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn client(&self) -> Client {
+        connect(self.address).await
+    }
+
+    /// Graceful shutdown: waits for calls in flight to finish.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn connect(address: SocketAddr) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .expect("endpoint")
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .expect("connect to the test server");
+    SubscriptionLedgerClient::new(channel)
+}
+
+/// Asserts a status's code and its ErrorInfo reason and domain; returns the status for more checks.
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    reason: &str,
+) -> tonic::Status {
+    let status = result.expect_err(&format!("expected {code:?} {reason}"));
+    assert_eq!(status.code(), code, "status {status:?}");
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.reason, reason, "status {status:?}");
+    assert_eq!(info.domain, "subledger.v1");
+    status
+}
+
+/// Asserts INVALID_ARGUMENT naming `field`, in the message and in a BadRequest violation.
+#[track_caller]
+pub fn assert_invalid<T: std::fmt::Debug>(result: Result<T, tonic::Status>, field: &str) {
+    let status = assert_status(result, tonic::Code::InvalidArgument, "INVALID_FIELD");
+    assert!(
+        status.message().starts_with(field),
+        "message {:?} should name {field}",
+        status.message()
+    );
+    let details = status.get_error_details();
+    let violations = &details
+        .bad_request()
+        .expect("BadRequest details")
+        .field_violations;
+    assert_eq!(violations[0].field, field);
+}
+
+pub fn offering(
+    id: &str,
+    max_units: i64,
+    max_units_per_investor: i64,
+) -> proto::CreateOfferingRequest {
+    proto::CreateOfferingRequest {
+        offering_id: id.to_owned(),
+        name: format!("Offering {id}"),
+        max_units,
+        max_units_per_investor,
+        request_id: format!("create-{id}"),
+    }
+}
+
+pub fn subscribe(
+    offering_id: &str,
+    investor_id: &str,
+    units: i64,
+    request_id: &str,
+) -> proto::SubscribeRequest {
+    proto::SubscribeRequest {
+        offering_id: offering_id.to_owned(),
+        investor_id: investor_id.to_owned(),
+        units,
+        request_id: request_id.to_owned(),
+    }
+}
+
+pub fn cancel(
+    offering_id: &str,
+    investor_id: &str,
+    units: i64,
+    request_id: &str,
+) -> proto::CancelRequest {
+    proto::CancelRequest {
+        offering_id: offering_id.to_owned(),
+        investor_id: investor_id.to_owned(),
+        units,
+        request_id: request_id.to_owned(),
+    }
+}
+
+/// Every history entry of an offering, through the public API.
+pub async fn full_history(client: &mut Client, offering_id: &str) -> Vec<proto::HistoryEntry> {
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_history(proto::ListHistoryRequest {
+                offering_id: offering_id.to_owned(),
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("ListHistory")
+            .into_inner();
+        entries.extend(page.entries);
+        if page.next_page_token.is_empty() {
+            return entries;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Asserts the invariants of an offering from its history alone, then VerifyOffering's verdict.
+pub async fn assert_ledger_consistent(
+    client: &mut Client,
+    offering_id: &str,
+) -> Vec<proto::HistoryEntry> {
+    let entries = full_history(client, offering_id).await;
+    let head = client
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: offering_id.to_owned(),
+        })
+        .await
+        .expect("GetOffering")
+        .into_inner();
+    for (index, entry) in entries.iter().enumerate() {
+        assert_eq!(entry.sequence, index as i64 + 1, "sequences are gapless");
+        assert!(
+            entry.offering_units_after <= head.max_units,
+            "never over the offering cap"
+        );
+        if head.max_units_per_investor > 0 {
+            assert!(
+                entry.investor_units_after <= head.max_units_per_investor,
+                "never over the investor cap"
+            );
+        }
+    }
+    assert_eq!(head.version, entries.len() as i64);
+    assert_eq!(
+        head.subscribed_units,
+        entries.iter().map(|e| e.units_delta).sum::<i64>()
+    );
+    let verdict = client
+        .verify_offering(proto::VerifyOfferingRequest {
+            offering_id: offering_id.to_owned(),
+        })
+        .await
+        .expect("VerifyOffering")
+        .into_inner();
+    assert!(
+        verdict.ok,
+        "VerifyOffering problems: {:?}",
+        verdict.problems
+    );
+    assert_eq!(verdict.entries_checked, entries.len() as i64);
+    entries
+}
+
+/// Generates, for each named test body `async fn name(db: TestDb)`, one #[tokio::test] per backend:
+/// `postgres::name` and `sqlite::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    if let Some(db) = $crate::common::TestDb::new($crate::common::Backend::Postgres).await {
+                        super::$name(db).await;
+                    }
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let db = $crate::common::TestDb::new($crate::common::Backend::Sqlite).await.expect("SQLite database");
+                    super::$name(db).await;
+                }
+            )*
+        }
+    };
+}
