@@ -1,0 +1,298 @@
+//! The point of the product: several replicas (servers with their own pools) on one database,
+//! hundreds of concurrent calls, and the invariants checked from the history afterwards.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::{Client, TestDb, TestServer, assert_ledger_consistent, cancel, offering, subscribe};
+use subledger::proto::{self, EntryKind};
+use tonic::Code;
+use tonic_types::StatusExt;
+
+const REPLICAS: usize = 3;
+
+async fn start_replicas(db: &TestDb) -> (Vec<TestServer>, Vec<Client>) {
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..REPLICAS {
+        let server = db.start_server().await;
+        clients.push(server.client().await);
+        servers.push(server);
+    }
+    (servers, clients)
+}
+
+fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
+    const CALLS: usize = 400;
+    const INVESTORS: usize = 80;
+    const MAX_UNITS: i64 = 1000;
+    const MAX_PER_INVESTOR: i64 = 20;
+    let (_servers, clients) = start_replicas(&db).await;
+    clients[0]
+        .clone()
+        .create_offering(offering("hot", MAX_UNITS, MAX_PER_INVESTOR))
+        .await
+        .unwrap();
+
+    // Demand is about 2,200 units against a cap of 1,000, and about 27 per investor against 20:
+    // both caps refuse calls while many others are in flight.
+    let calls = (0..CALLS).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        let investor = format!("investor-{}", k % INVESTORS);
+        let units = 1 + (k as i64 * 7) % 10;
+        tokio::spawn(async move {
+            let result = client
+                .subscribe(subscribe("hot", &investor, units, &format!("req-{k}")))
+                .await;
+            (investor, units, result)
+        })
+    });
+    let mut accepted_units = 0;
+    let mut accepted_by_investor: HashMap<String, i64> = HashMap::new();
+    let mut refusals: HashMap<String, usize> = HashMap::new();
+    for call in futures::future::join_all(calls).await {
+        let (investor, units, result) = call.unwrap();
+        match result {
+            Ok(reply) => {
+                assert!(!reply.get_ref().replayed);
+                accepted_units += units;
+                *accepted_by_investor.entry(investor).or_default() += units;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+                *refusals.entry(reason(&status)).or_default() += 1;
+            }
+        }
+    }
+    for reason in refusals.keys() {
+        assert!(
+            matches!(
+                reason.as_str(),
+                "OFFERING_CAP_EXCEEDED" | "INVESTOR_CAP_EXCEEDED"
+            ),
+            "{reason}"
+        );
+    }
+    eprintln!("accepted {accepted_units} units; refusals {refusals:?}");
+
+    let mut client = clients[1].clone();
+    let head = client
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: "hot".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(head.subscribed_units <= MAX_UNITS);
+    assert_eq!(head.subscribed_units, accepted_units);
+    let mut positions_total = 0;
+    for i in 0..INVESTORS {
+        let investor = format!("investor-{i}");
+        let position = client
+            .get_position(proto::GetPositionRequest {
+                offering_id: "hot".into(),
+                investor_id: investor.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(position.units <= MAX_PER_INVESTOR);
+        assert_eq!(
+            position.units,
+            accepted_by_investor.get(&investor).copied().unwrap_or(0)
+        );
+        positions_total += position.units;
+    }
+    assert_eq!(positions_total, accepted_units);
+    let entries = assert_ledger_consistent(&mut client, "hot").await;
+    let subscribed = entries
+        .iter()
+        .filter(|e| e.kind() == EntryKind::Subscribed)
+        .count();
+    assert_eq!(subscribed, CALLS - refusals.values().sum::<usize>());
+    // Demand exceeds the cap, and each refusal left only fewer units than asked for: sold out
+    // to within the largest request.
+    assert!(
+        head.subscribed_units > MAX_UNITS - 10,
+        "sold {} of {MAX_UNITS}",
+        head.subscribed_units
+    );
+}
+
+async fn concurrent_subscribes_and_cancels_keep_positions_exact(db: TestDb) {
+    const INVESTORS: usize = 40;
+    let (_servers, clients) = start_replicas(&db).await;
+    clients[0]
+        .clone()
+        .create_offering(offering("churn", 500, 30))
+        .await
+        .unwrap();
+    let calls = (0..300).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        let investor = format!("investor-{}", k % INVESTORS);
+        tokio::spawn(async move {
+            let request_id = format!("req-{k}");
+            match k % 3 {
+                2 => client
+                    .cancel(cancel("churn", &investor, 0, &request_id))
+                    .await
+                    .map(|r| r.into_inner().entry),
+                _ => client
+                    .subscribe(subscribe("churn", &investor, 5, &request_id))
+                    .await
+                    .map(|r| r.into_inner().entry),
+            }
+        })
+    });
+    let mut net_units = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            Ok(entry) => net_units += entry.unwrap().units_delta,
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let mut client = clients[2].clone();
+    let entries = assert_ledger_consistent(&mut client, "churn").await;
+    assert_eq!(entries.last().unwrap().offering_units_after, net_units);
+}
+
+async fn one_request_id_sent_to_every_replica_appends_once(db: TestDb) {
+    const COPIES: usize = 30;
+    let (_servers, clients) = start_replicas(&db).await;
+    clients[0]
+        .clone()
+        .create_offering(offering("deal", 1000, 0))
+        .await
+        .unwrap();
+    let calls = (0..COPIES).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        tokio::spawn(async move {
+            client
+                .subscribe(subscribe("deal", "alice", 7, "the-one"))
+                .await
+                .unwrap()
+                .into_inner()
+        })
+    });
+    let replies: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        replies.iter().filter(|r| !r.replayed).count(),
+        1,
+        "exactly one call appended"
+    );
+    let sequences: Vec<i64> = replies
+        .iter()
+        .map(|r| r.entry.as_ref().unwrap().sequence)
+        .collect();
+    assert!(
+        sequences.iter().all(|s| *s == 2),
+        "all saw the one entry: {sequences:?}"
+    );
+
+    let mut client = clients[1].clone();
+    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    assert_eq!(
+        entries.iter().filter(|e| e.request_id == "the-one").count(),
+        1
+    );
+    assert_eq!(entries.len(), 2);
+}
+
+async fn concurrent_finalize_succeeds_exactly_once(db: TestDb) {
+    const CALLS: usize = 20;
+    let (_servers, clients) = start_replicas(&db).await;
+    let mut client = clients[0].clone();
+    client
+        .create_offering(offering("deal", 100, 0))
+        .await
+        .unwrap();
+    client
+        .subscribe(subscribe("deal", "alice", 10, "s1"))
+        .await
+        .unwrap();
+    client
+        .close_offering(proto::CloseOfferingRequest {
+            offering_id: "deal".into(),
+            expected_version: 0,
+            request_id: "close".into(),
+        })
+        .await
+        .unwrap();
+    let calls = (0..CALLS).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        tokio::spawn(async move {
+            client
+                .finalize_offering(proto::FinalizeOfferingRequest {
+                    offering_id: "deal".into(),
+                    expected_version: 0,
+                    request_id: format!("finalize-{k}"),
+                })
+                .await
+        })
+    });
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "exactly one finalize succeeds"
+    );
+    for status in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(
+            (status.code(), reason(status).as_str()),
+            (Code::FailedPrecondition, "OFFERING_NOT_CLOSED")
+        );
+    }
+    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind() == EntryKind::OfferingFinalized)
+            .count(),
+        1
+    );
+}
+
+async fn concurrent_creates_of_one_offering_agree(db: TestDb) {
+    let (_servers, clients) = start_replicas(&db).await;
+    let calls = (0..12).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        tokio::spawn(async move { client.create_offering(offering("new", 50, 0)).await })
+    });
+    let results: Vec<_> = futures::future::join_all(calls)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let offerings: Vec<_> = results
+        .into_iter()
+        .map(|r| r.expect("a retry of the same create succeeds").into_inner())
+        .collect();
+    assert!(offerings.windows(2).all(|pair| pair[0] == pair[1]));
+    let mut client = clients[0].clone();
+    assert_eq!(assert_ledger_consistent(&mut client, "new").await.len(), 1);
+}
+
+backend_tests!(
+    concurrent_subscribes_never_exceed_caps,
+    concurrent_subscribes_and_cancels_keep_positions_exact,
+    one_request_id_sent_to_every_replica_appends_once,
+    concurrent_finalize_succeeds_exactly_once,
+    concurrent_creates_of_one_offering_agree,
+);

@@ -1,0 +1,274 @@
+//! The real binary: kill -9 under load loses no acknowledged write, SIGTERM shuts down cleanly,
+//! and start-up failures are one clear line and a non-zero exit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Client, TestDb, assert_ledger_consistent, full_history, offering, subscribe};
+use tokio::process::{Child, Command};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_subledger");
+const START_WAIT: Duration = Duration::from_secs(30);
+
+struct ServerProcess {
+    child: Child,
+    address: SocketAddr,
+}
+
+impl ServerProcess {
+    async fn start(database_url: &str, address: SocketAddr) -> Self {
+        let child = Command::new(BINARY)
+            .args([
+                "serve",
+                "--listen",
+                &address.to_string(),
+                "--database-url",
+                database_url,
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start subledger");
+        Self { child, address }
+    }
+
+    async fn client(&self) -> Client {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        loop {
+            if let Ok(channel) =
+                tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
+                    .unwrap()
+                    .connect()
+                    .await
+            {
+                return subledger::proto::subscription_ledger_client::SubscriptionLedgerClient::new(
+                    channel,
+                );
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "subledger did not start listening within {START_WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+}
+
+/// A port free right now, for a server process to bind.
+fn free_address() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+async fn acknowledged_subscribes_survive_kill_9(db: TestDb) {
+    const LOADERS: usize = 16;
+    const ACKS_BEFORE_KILL: usize = 300;
+    let address = free_address();
+    let mut server = ServerProcess::start(&db.url, address).await;
+    let client = server.client().await;
+    client
+        .clone()
+        .create_offering(offering("deal", 1_000_000_000, 0))
+        .await
+        .unwrap();
+
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let loaders: Vec<_> = (0..LOADERS)
+        .map(|loader| {
+            let mut client = client.clone();
+            let acknowledged = acknowledged.clone();
+            tokio::spawn(async move {
+                for k in 0.. {
+                    let request_id = format!("load-{loader}-{k}");
+                    match client
+                        .subscribe(subscribe(
+                            "deal",
+                            &format!("investor-{loader}"),
+                            1,
+                            &request_id,
+                        ))
+                        .await
+                    {
+                        Ok(_) => acknowledged.lock().unwrap().push(request_id),
+                        Err(_) => return, // the server died under us
+                    }
+                }
+            })
+        })
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acknowledged.lock().unwrap().len() < ACKS_BEFORE_KILL {
+        assert!(tokio::time::Instant::now() < deadline, "load too slow");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.signal("-KILL");
+    server.child.wait().await.unwrap();
+    for loader in loaders {
+        loader.await.unwrap();
+    }
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "{} subscribes acknowledged before kill -9",
+        acknowledged.len()
+    );
+
+    let mut restarted = ServerProcess::start(&db.url, address).await;
+    let mut client = restarted.client().await;
+    let recorded: std::collections::HashSet<String> = full_history(&mut client, "deal")
+        .await
+        .into_iter()
+        .map(|e| e.request_id)
+        .collect();
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !recorded.contains(*id))
+        .collect();
+    assert!(lost.is_empty(), "acknowledged but not in history: {lost:?}");
+    assert_ledger_consistent(&mut client, "deal").await;
+    // Retrying an acknowledged request after the crash is a replay.
+    let (loader, k) = acknowledged[0]
+        .trim_start_matches("load-")
+        .split_once('-')
+        .unwrap();
+    let retry = client
+        .subscribe(subscribe(
+            "deal",
+            &format!("investor-{loader}"),
+            1,
+            &format!("load-{loader}-{k}"),
+        ))
+        .await;
+    assert!(retry.unwrap().into_inner().replayed);
+
+    // SIGTERM: a graceful shutdown, exit status 0.
+    restarted.signal("-TERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), restarted.child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+backend_tests!(acknowledged_subscribes_survive_kill_9);
+
+/// Runs the binary to completion; returns its exit success and stderr's non-empty lines.
+async fn run_binary(args: &[&str]) -> (bool, Vec<String>) {
+    let output = tokio::time::timeout(
+        START_WAIT,
+        Command::new(BINARY)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .env("RUST_LOG", "warn")
+            .output(),
+    )
+    .await
+    .expect("the binary exits")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.success(),
+        stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+#[track_caller]
+fn assert_fails_with_one_line(outcome: (bool, Vec<String>), expected: &str) {
+    let (success, lines) = outcome;
+    assert!(!success, "should fail");
+    assert_eq!(lines.len(), 1, "one error line, got {lines:?}");
+    assert!(
+        lines[0].starts_with("subledger: error:") && lines[0].contains(expected),
+        "{:?} should say {expected:?}",
+        lines[0]
+    );
+}
+
+#[tokio::test]
+async fn startup_failures_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    assert_fails_with_one_line(
+        run_binary(&["serve", "--database-url", "mysql://localhost/x"]).await,
+        "neither postgres",
+    );
+    assert_fails_with_one_line(
+        run_binary(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/x",
+        ])
+        .await,
+        "cannot connect to PostgreSQL at 127.0.0.1:1/x",
+    );
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let under_file = file.join("data");
+    assert_fails_with_one_line(
+        run_binary(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            under_file.to_str().unwrap(),
+        ])
+        .await,
+        "cannot create data folder",
+    );
+    let corrupt = dir.path().join("corrupt.db");
+    std::fs::write(&corrupt, vec![0x42u8; 8192]).unwrap();
+    let corrupt_url = format!("sqlite://{}", corrupt.display());
+    assert_fails_with_one_line(
+        run_binary(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &corrupt_url,
+        ])
+        .await,
+        "cannot open SQLite database",
+    );
+    // Flag errors are clap's: the error, then a hint to --help.
+    let (success, lines) = run_binary(&["serve", "--listen", "256.0.0.1:1"]).await;
+    assert!(
+        !success && lines[0].contains("invalid value '256.0.0.1:1' for '--listen"),
+        "{lines:?}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_creates_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("nested/data");
+    let (success, lines) = run_binary(&["migrate", "--data-dir", data_dir.to_str().unwrap()]).await;
+    assert!(success, "{lines:?}");
+    assert!(data_dir.join("subledger.db").exists());
+    // Twice is fine: nothing left to apply.
+    assert!(
+        run_binary(&["migrate", "--data-dir", data_dir.to_str().unwrap()])
+            .await
+            .0
+    );
+}
