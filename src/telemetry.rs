@@ -1,5 +1,7 @@
 //! Logging set-up: RUST_LOG filtering (default "info"), text or JSON lines on stderr.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
