@@ -1,4 +1,4 @@
-//! Command line: `subledger serve`, `subledger migrate`. Flags fall back to environment variables.
+//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`. Flags fall back to environment variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -41,6 +41,8 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending migrations and exit.
     Migrate(DatabaseArgs),
+    /// Load a running server (or several replicas) and report throughput and latency.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -115,6 +117,7 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
+        Command::Bench(args) => crate::bench::run(args).await,
         Command::Migrate(args) => match args.database()? {
             Database::Postgres(url) => {
                 let store = open_postgres(&url, args.max_connections).await?;

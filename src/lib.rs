@@ -7,9 +7,10 @@
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
 //!
-//! [`cli`] and [`server`] wire them together; `main.rs` only calls [`cli::run`].
+//! [`cli`] and [`server`] wire them together, [`bench`] loads a running server; `main.rs` only calls [`cli::run`].
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod group_commit;
 pub mod ledger;

@@ -1,0 +1,501 @@
+//! `subledger bench`: a gRPC load generator built on subledger's own client.
+//!
+//! It creates its own offerings, drives calls from `--concurrency` tasks round-robin over the
+//! `--target` replicas for a duration or a number of calls, and reports calls/s, latency
+//! percentiles and counts per status code. Then it verifies every offering it used: a benchmark
+//! that breaks the ledger is a bug, not a result, and makes the command fail.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::proto::subscription_ledger_client::SubscriptionLedgerClient;
+use crate::proto::{self};
+
+type Client = SubscriptionLedgerClient<Channel>;
+
+/// HTTP/2 connections per target: one connection serializes its frames on one socket.
+const CONNECTIONS_PER_TARGET: usize = 4;
+/// Offerings created concurrently while setting up `spread`.
+const SETUP_PARALLELISM: usize = 32;
+/// Latencies are recorded in microseconds up to this (a call slower than a minute is an outage).
+const LATENCY_US_MAX: u64 = 60_000_000;
+/// Per-investor positions are spread over this many investors per offering.
+const INVESTORS: u64 = 100_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    /// Every call subscribes to one offering with a cap nobody reaches.
+    Hot,
+    /// Subscribes spread uniformly over --offerings offerings.
+    Spread,
+    /// 50% Subscribe, 10% Cancel, 30% GetOffering, 10% ListHistory, over --offerings offerings.
+    Mixed,
+    /// One offering whose cap (--sellout-units) is far below demand: 1-unit subscribes until
+    /// it is sold out exactly, then the refusals.
+    Sellout,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Server address; repeat to spread calls round-robin over replicas.
+    #[arg(long = "target", default_value = "http://127.0.0.1:50051")]
+    targets: Vec<String>,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// How long to send calls, in seconds (ignored with --requests).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Stop after this many calls instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    #[arg(long, value_enum, default_value = "hot")]
+    scenario: Scenario,
+    /// Offerings for spread and mixed.
+    #[arg(long, default_value_t = 1000)]
+    offerings: usize,
+    /// The offering cap for sellout.
+    #[arg(long, default_value_t = 5000)]
+    sellout_units: i64,
+    /// One JSON object on stdout instead of the text report.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Report {
+    scenario: Scenario,
+    targets: Vec<String>,
+    concurrency: usize,
+    offerings: usize,
+    elapsed_s: f64,
+    calls: u64,
+    calls_per_s: f64,
+    ok_per_s: f64,
+    latency_ms: Latency,
+    codes: BTreeMap<String, u64>,
+    /// sellout only: seconds from the first call until the offering was sold out.
+    sold_out_after_s: Option<f64>,
+    /// sellout only: units sold when the run ended, and the cap.
+    sold_units: Option<(i64, i64)>,
+    verified_offerings: usize,
+    verified_entries: i64,
+    /// Offerings whose VerifyOffering failed, with the problems: must be empty.
+    verify_failures: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+}
+
+/// What one worker saw.
+struct Tally {
+    latency_us: Histogram<u64>,
+    codes: BTreeMap<String, u64>,
+    /// sellout: when this worker first saw the offering sold out.
+    sold_out_at: Option<Instant>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        let latency_us =
+            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
+        Self {
+            latency_us,
+            codes: BTreeMap::new(),
+            sold_out_at: None,
+        }
+    }
+
+    fn record(&mut self, started: Instant, code: tonic::Code) {
+        let latency_us = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
+        let _ = self.latency_us.record(latency_us);
+        *self.codes.entry(format!("{code:?}")).or_default() += 1;
+    }
+
+    fn merge(&mut self, other: Tally) {
+        let _ = self.latency_us.add(other.latency_us);
+        for (code, count) in other.codes {
+            *self.codes.entry(code).or_default() += count;
+        }
+        self.sold_out_at = match (self.sold_out_at, other.sold_out_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// Shared by the workers: which calls remain, and a unique number per call.
+struct Plan {
+    scenario: Scenario,
+    run_id: String,
+    offering_ids: Vec<String>,
+    deadline: Option<Instant>,
+    requests_max: Option<u64>,
+    calls_started: AtomicU64,
+    calls_done: AtomicU64,
+}
+
+impl Plan {
+    /// The next call's number, or None when the run is over.
+    fn next_call(&self) -> Option<u64> {
+        if self
+            .deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            return None;
+        }
+        let n = self.calls_started.fetch_add(1, Ordering::Relaxed);
+        self.requests_max.is_none_or(|max| n < max).then_some(n)
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.concurrency == 0
+        || args.targets.is_empty()
+        || args.offerings == 0
+        || args.sellout_units <= 0
+    {
+        bail!("--concurrency, --offerings and --sellout-units must be positive and --target given");
+    }
+    let clients = connect(&args.targets).await?;
+    let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let offering_ids = create_offerings(&clients, &args, &run_id).await?;
+
+    let plan = Arc::new(Plan {
+        scenario: args.scenario,
+        run_id,
+        offering_ids,
+        deadline: args
+            .requests
+            .is_none()
+            .then(|| Instant::now() + Duration::from_secs_f64(args.duration)),
+        requests_max: args.requests,
+        calls_started: AtomicU64::new(0),
+        calls_done: AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let progress = (!args.json && std::io::stderr().is_terminal())
+        .then(|| tokio::spawn(show_progress(plan.clone(), started)));
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|worker| {
+            tokio::spawn(drive(
+                clients[worker % clients.len()].clone(),
+                plan.clone(),
+                worker as u64,
+            ))
+        })
+        .collect();
+    let mut tally = Tally::new();
+    for worker in workers {
+        tally.merge(worker.await.context("bench worker")?);
+    }
+    let elapsed = started.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+
+    let (verified_entries, broken) = verify(&clients[0], &plan.offering_ids).await?;
+    let mut report = report(&args, &plan, &tally, elapsed, started, verified_entries);
+    report.verify_failures = broken.clone();
+    if args.scenario == Scenario::Sellout {
+        let offering_id = plan.offering_ids[0].clone();
+        let offering = clients[0]
+            .clone()
+            .get_offering(proto::GetOfferingRequest { offering_id })
+            .await?
+            .into_inner();
+        report.sold_units = Some((offering.subscribed_units, offering.max_units));
+    }
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print_text(&report);
+    }
+    if !broken.is_empty() {
+        bail!(
+            "VerifyOffering FAILED after the run, the ledger is broken: {}",
+            broken.join("; ")
+        );
+    }
+    Ok(())
+}
+
+async fn connect(targets: &[String]) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for target in targets {
+        let endpoint = Endpoint::from_shared(target.clone())
+            .with_context(|| format!("bad --target {target:?}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5));
+        for _ in 0..CONNECTIONS_PER_TARGET {
+            let channel = endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {target}"))?;
+            clients.push(SubscriptionLedgerClient::new(channel));
+        }
+    }
+    Ok(clients)
+}
+
+async fn create_offerings(
+    clients: &[Client],
+    args: &BenchArgs,
+    run_id: &str,
+) -> anyhow::Result<Vec<String>> {
+    let (count, max_units) = match args.scenario {
+        // Caps nobody reaches: every call measures the write path, not a refusal.
+        Scenario::Hot => (1, crate::ledger::limits::UNITS_MAX),
+        Scenario::Spread | Scenario::Mixed => (args.offerings, crate::ledger::limits::UNITS_MAX),
+        Scenario::Sellout => (1, args.sellout_units),
+    };
+    let ids: Vec<String> = (0..count).map(|i| format!("bench-{run_id}-{i}")).collect();
+    for chunk in ids.chunks(SETUP_PARALLELISM) {
+        let creates = chunk.iter().map(|id| {
+            let mut client = clients[0].clone();
+            let request = proto::CreateOfferingRequest {
+                offering_id: id.clone(),
+                name: format!("bench {:?} {id}", args.scenario),
+                max_units,
+                max_units_per_investor: 0,
+                request_id: format!("create-{id}"),
+            };
+            async move { client.create_offering(request).await }
+        });
+        for result in futures::future::join_all(creates).await {
+            result.context("CreateOffering for the benchmark")?;
+        }
+    }
+    Ok(ids)
+}
+
+/// One worker: calls back to back until the plan says stop.
+async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
+    let mut tally = Tally::new();
+    // A cheap per-worker pseudo-random sequence (xorshift): picks offerings, investors, units.
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (worker + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    while let Some(call) = plan.next_call() {
+        let offering_id =
+            plan.offering_ids[(random() % plan.offering_ids.len() as u64) as usize].clone();
+        let investor_id = format!("investor-{}", random() % INVESTORS);
+        let request_id = format!("{}-{call}", plan.run_id);
+        let started = Instant::now();
+        let code = match plan.scenario {
+            Scenario::Hot | Scenario::Spread => {
+                let units = 1 + (random() % 10) as i64;
+                code_of(
+                    client
+                        .subscribe(proto::SubscribeRequest {
+                            offering_id,
+                            investor_id,
+                            units,
+                            request_id,
+                        })
+                        .await,
+                )
+            }
+            Scenario::Sellout => {
+                let request = proto::SubscribeRequest {
+                    offering_id,
+                    investor_id,
+                    units: 1,
+                    request_id,
+                };
+                let code = code_of(client.subscribe(request).await);
+                if code == tonic::Code::FailedPrecondition && tally.sold_out_at.is_none() {
+                    tally.sold_out_at = Some(Instant::now());
+                }
+                code
+            }
+            Scenario::Mixed => match random() % 10 {
+                0..=4 => {
+                    let units = 1 + (random() % 10) as i64;
+                    code_of(
+                        client
+                            .subscribe(proto::SubscribeRequest {
+                                offering_id,
+                                investor_id,
+                                units,
+                                request_id,
+                            })
+                            .await,
+                    )
+                }
+                5 => {
+                    // Cancels of investors who hold nothing are refused; that is part of the mix.
+                    let request = proto::CancelRequest {
+                        offering_id,
+                        investor_id,
+                        units: 0,
+                        request_id,
+                    };
+                    code_of(client.cancel(request).await)
+                }
+                6..=8 => code_of(
+                    client
+                        .get_offering(proto::GetOfferingRequest { offering_id })
+                        .await,
+                ),
+                _ => {
+                    let request = proto::ListHistoryRequest {
+                        offering_id,
+                        page_size: 20,
+                        ..Default::default()
+                    };
+                    code_of(client.list_history(request).await)
+                }
+            },
+        };
+        tally.record(started, code);
+        plan.calls_done.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
+    result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+}
+
+async fn show_progress(plan: Arc<Plan>, started: Instant) {
+    let mut last = 0;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let done = plan.calls_done.load(Ordering::Relaxed);
+        eprint!(
+            "\r{:>6.1} s  {done:>10} calls  {:>8} calls/s   ",
+            started.elapsed().as_secs_f64(),
+            done - last
+        );
+        last = done;
+    }
+}
+
+/// VerifyOffering on every offering used; returns the entries checked and the failures.
+async fn verify(client: &Client, offering_ids: &[String]) -> anyhow::Result<(i64, Vec<String>)> {
+    let mut entries = 0;
+    let mut broken = Vec::new();
+    for chunk in offering_ids.chunks(SETUP_PARALLELISM) {
+        let checks = chunk.iter().map(|id| {
+            let mut client = client.clone();
+            async move {
+                (
+                    id,
+                    client
+                        .verify_offering(proto::VerifyOfferingRequest {
+                            offering_id: id.clone(),
+                        })
+                        .await,
+                )
+            }
+        });
+        for (id, result) in futures::future::join_all(checks).await {
+            let verdict = result
+                .with_context(|| format!("VerifyOffering {id}"))?
+                .into_inner();
+            entries += verdict.entries_checked;
+            if !verdict.ok {
+                broken.push(format!("{id}: {}", verdict.problems.join(", ")));
+            }
+        }
+    }
+    Ok((entries, broken))
+}
+
+fn report(
+    args: &BenchArgs,
+    plan: &Plan,
+    tally: &Tally,
+    elapsed: Duration,
+    started: Instant,
+    verified_entries: i64,
+) -> Report {
+    let calls = tally.latency_us.len();
+    let seconds = elapsed.as_secs_f64();
+    let ok = tally.codes.get("Ok").copied().unwrap_or(0);
+    let ms = |quantile: f64| tally.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+    Report {
+        scenario: args.scenario,
+        targets: args.targets.clone(),
+        concurrency: args.concurrency,
+        offerings: plan.offering_ids.len(),
+        elapsed_s: seconds,
+        calls,
+        calls_per_s: calls as f64 / seconds,
+        ok_per_s: ok as f64 / seconds,
+        latency_ms: Latency {
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: tally.latency_us.max() as f64 / 1000.0,
+        },
+        codes: tally.codes.clone(),
+        sold_out_after_s: tally.sold_out_at.map(|at| (at - started).as_secs_f64()),
+        sold_units: None,
+        verified_offerings: plan.offering_ids.len(),
+        verified_entries,
+        verify_failures: Vec::new(),
+    }
+}
+
+fn print_text(report: &Report) {
+    println!(
+        "scenario={:?} targets={} concurrency={} offerings={}",
+        report.scenario,
+        report.targets.join(","),
+        report.concurrency,
+        report.offerings
+    );
+    println!(
+        "calls={} in {:.1} s: {:.0} calls/s, {:.0} ok/s",
+        report.calls, report.elapsed_s, report.calls_per_s, report.ok_per_s
+    );
+    let l = &report.latency_ms;
+    println!(
+        "latency ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
+        l.p50, l.p90, l.p99, l.max
+    );
+    let codes: Vec<String> = report
+        .codes
+        .iter()
+        .map(|(code, n)| format!("{code}={n}"))
+        .collect();
+    println!("codes: {}", codes.join(" "));
+    if let Some((sold, cap)) = report.sold_units {
+        match report.sold_out_after_s {
+            Some(after) => {
+                println!("sellout: {sold} of {cap} units sold, sold out after {after:.2} s")
+            }
+            None => println!("sellout: {sold} of {cap} units sold, not sold out"),
+        }
+    }
+    let verdict = if report.verify_failures.is_empty() {
+        "all ok"
+    } else {
+        "FAILED"
+    };
+    println!(
+        "VerifyOffering: {} offerings, {} entries checked, {verdict}",
+        report.verified_offerings, report.verified_entries
+    );
+}
