@@ -93,6 +93,10 @@ impl<S: Store> GroupCommitter<S> {
 
     /// Applies the offering's queue batch by batch until it is empty, then retires.
     async fn run_worker(self, offering_id: Arc<str>) {
+        let _retire_on_panic = RetireOnPanic {
+            queues: &self.queues,
+            offering_id: &offering_id,
+        };
         while let Some(batch) = self.next_batch(&offering_id) {
             let (requests, replies): (Vec<Request>, Vec<_>) =
                 batch.into_iter().map(|p| (p.request, p.reply)).unzip();
@@ -128,5 +132,24 @@ impl<S: Store> GroupCommitter<S> {
         }
         let take = queue.len().min(BATCH_REQUESTS_MAX);
         Some(queue.drain(..take).collect())
+    }
+}
+
+/// Should a worker panic (a bug), its offering must not stay marked as having a worker, or every
+/// later request for it would queue forever. Dropping the queue answers its callers with an error.
+struct RetireOnPanic<'a> {
+    queues: &'a Mutex<Queues>,
+    offering_id: &'a str,
+}
+
+impl Drop for RetireOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queues = self
+                .queues
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            queues.remove(self.offering_id);
+        }
     }
 }

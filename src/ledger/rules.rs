@@ -351,3 +351,189 @@ impl NewOffering {
         (head, entry)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(max_units: i64, per_investor: i64) -> Offering {
+        let new = NewOffering {
+            offering_id: "deal".into(),
+            name: "Deal".into(),
+            max_units,
+            max_units_per_investor: per_investor,
+            request_id: "create".into(),
+        };
+        new.first_rows(chrono::Utc::now()).0
+    }
+
+    fn request(request_id: &str, command: Command) -> Request {
+        Request {
+            request_id: request_id.into(),
+            command,
+        }
+    }
+
+    fn subscribe(investor: &str, units: i64) -> Command {
+        Command::Subscribe {
+            investor_id: investor.into(),
+            units,
+        }
+    }
+
+    #[test]
+    fn later_requests_see_earlier_ones_in_the_same_batch() {
+        let mut batch = Batch::new(head(10, 0), vec![], vec![], chrono::Utc::now());
+        assert!(batch.apply(&request("a", subscribe("alice", 6))).is_ok());
+        let refused = batch.apply(&request("b", subscribe("bob", 5)));
+        assert_eq!(
+            refused.unwrap_err(),
+            Rejection::OfferingCapExceeded {
+                requested: 5,
+                remaining: 4,
+                max_units: 10
+            }
+        );
+        let fits = batch.apply(&request("c", subscribe("bob", 4))).unwrap();
+        assert_eq!(
+            (fits.entry.sequence, fits.entry.offering_units_after),
+            (3, 10)
+        );
+        let writes = batch.into_writes();
+        assert_eq!(
+            writes.entries.len(),
+            2,
+            "the refused request appends nothing"
+        );
+        assert_eq!(
+            (
+                writes.head.subscribed_units,
+                writes.head.version,
+                writes.head.investor_count
+            ),
+            (10, 3, 2)
+        );
+    }
+
+    #[test]
+    fn a_request_id_repeated_in_one_batch_is_a_replay() {
+        let mut batch = Batch::new(head(10, 0), vec![], vec![], chrono::Utc::now());
+        let first = batch.apply(&request("a", subscribe("alice", 2))).unwrap();
+        let again = batch.apply(&request("a", subscribe("alice", 2))).unwrap();
+        assert!(again.replayed && !first.replayed);
+        assert_eq!(again.entry, first.entry);
+        let reused = batch.apply(&request("a", subscribe("alice", 3)));
+        assert!(matches!(reused, Err(Rejection::RequestIdReused { .. })));
+        assert_eq!(batch.into_writes().entries.len(), 1);
+    }
+
+    #[test]
+    fn per_investor_cap_counts_units_already_held() {
+        let held = Position {
+            offering_id: "deal".into(),
+            investor_id: "alice".into(),
+            units: 4,
+            update_time: None,
+        };
+        let mut batch = Batch::new(head(100, 5), vec![held], vec![], chrono::Utc::now());
+        assert_eq!(
+            batch
+                .apply(&request("a", subscribe("alice", 2)))
+                .unwrap_err(),
+            Rejection::InvestorCapExceeded {
+                would_hold: 6,
+                cap: 5
+            }
+        );
+        assert!(batch.apply(&request("b", subscribe("alice", 1))).is_ok());
+    }
+
+    #[test]
+    fn cancel_of_all_takes_what_is_held_and_drops_the_investor() {
+        let held = Position {
+            offering_id: "deal".into(),
+            investor_id: "alice".into(),
+            units: 4,
+            update_time: None,
+        };
+        let mut start = head(100, 0);
+        start.subscribed_units = 4;
+        start.investor_count = 1;
+        let mut batch = Batch::new(start, vec![held], vec![], chrono::Utc::now());
+        let cancelled = batch
+            .apply(&request(
+                "c",
+                Command::Cancel {
+                    investor_id: "alice".into(),
+                    units: 0,
+                },
+            ))
+            .unwrap();
+        assert_eq!(
+            (
+                cancelled.entry.units_delta,
+                cancelled.offering.investor_count
+            ),
+            (-4, 0)
+        );
+        let nothing_left = batch.apply(&request(
+            "d",
+            Command::Cancel {
+                investor_id: "alice".into(),
+                units: 0,
+            },
+        ));
+        assert_eq!(
+            nothing_left.unwrap_err(),
+            Rejection::InsufficientUnits {
+                requested: 0,
+                held: 0
+            }
+        );
+    }
+
+    #[test]
+    fn lifecycle_moves_forward_only_and_checks_versions() {
+        let mut batch = Batch::new(head(10, 0), vec![], vec![], chrono::Utc::now());
+        let finalize = |v| Command::Finalize {
+            expected_version: v,
+        };
+        assert!(matches!(
+            batch.apply(&request("f", finalize(0))),
+            Err(Rejection::OfferingNotClosed { .. })
+        ));
+        assert_eq!(
+            batch
+                .apply(&request(
+                    "c",
+                    Command::Close {
+                        expected_version: 7
+                    }
+                ))
+                .unwrap_err(),
+            Rejection::VersionMismatch {
+                expected: 7,
+                actual: 1
+            }
+        );
+        assert!(
+            batch
+                .apply(&request(
+                    "c",
+                    Command::Close {
+                        expected_version: 1
+                    }
+                ))
+                .is_ok()
+        );
+        assert!(matches!(
+            batch.apply(&request("s", subscribe("alice", 1))),
+            Err(Rejection::OfferingNotOpen { .. })
+        ));
+        assert!(batch.apply(&request("f", finalize(2))).is_ok());
+        assert!(matches!(
+            batch.apply(&request("f2", finalize(0))),
+            Err(Rejection::OfferingNotClosed { .. })
+        ));
+    }
+}

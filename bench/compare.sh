@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Compares subledger with the pgbench reference workload, measured back to back in one run on the
+# same PostgreSQL: for each scenario and concurrency, pgbench's multi.sql (the same SQL work as one
+# Subscribe, one transaction per request, no gRPC) runs first, then `subledger bench` against each
+# backend and replica count. Ratios, not absolute figures, are what compares across machines.
+#
+# usage: bench/compare.sh            (defaults below; override with the variables)
+#   SCENARIOS="hot spread"  CONCURRENCIES="64"  REPLICAS="3"  BACKENDS="postgres"  SECONDS_EACH=20
+#   PGURL=postgres://postgres@127.0.0.1:5432/postgres   (an admin URL: databases are (re)created there)
+#   SUBLEDGER_PG_ANCHOR=../shared/bench/pg-anchor       (the reference scripts)
+# Prints one line per configuration, then a Markdown table.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+scenarios=${SCENARIOS:-hot spread}
+concurrencies=${CONCURRENCIES:-64}
+replica_counts=${REPLICAS:-3}
+backends=${BACKENDS:-postgres}
+secs=${SECONDS_EACH:-20}
+pg_url=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+anchor=${SUBLEDGER_PG_ANCHOR:-$root/../shared/bench/pg-anchor}
+base_port=${BASE_PORT:-50071}
+# pgbench needs one connection per client: past max_connections the reference cannot run.
+pg_max_clients=$(( $(psql -Atq "$pg_url" -c 'show max_connections') - 10 ))
+
+cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+bin=$root/target/release/subledger
+work=$(mktemp -d)
+pids=()
+stop_servers() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  pids=()
+}
+trap 'stop_servers; rm -rf "$work"' EXIT
+
+rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+max_of() { printf '%s\n' "$@" | sort -g | tail -1; }
+
+# Starts $1 replicas of subledger on database URL $2; waits until each listens.
+start_servers() {
+  local count=$1 url=$2 i port
+  targets=()
+  for i in $(seq 0 $((count - 1))); do
+    port=$((base_port + i))
+    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "$url" 2>>"$work/server.log" &
+    pids+=($!)
+    targets+=(--target "http://127.0.0.1:$port")
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  done
+}
+
+rows=()
+for scenario in $scenarios; do
+  offerings=1; [ "$scenario" = spread ] && offerings=1000
+  for concurrency in $concurrencies; do
+    if [ "$concurrency" -le "$pg_max_clients" ]; then
+      anchor_line=$(PGURL=$pg_url bash "$anchor/run.sh" multi "$offerings" "$concurrency" "$secs")
+      anchor_tps=$(sed -E 's/.* tps=([0-9.]+).*/\1/' <<<"$anchor_line")
+    else
+      anchor_line="pg-anchor not run: $concurrency clients exceed max_connections"
+      anchor_tps=""
+    fi
+    echo "$anchor_line"
+    for backend in $backends; do
+      for replicas in $replica_counts; do
+        if [ "$backend" = postgres ]; then
+          psql -q "$pg_url" -c 'DROP DATABASE IF EXISTS subledger_bench' -c 'CREATE DATABASE subledger_bench' 2>/dev/null
+          url=${pg_url%/*}/subledger_bench
+        else
+          rm -rf "$work/sqlite" && mkdir -p "$work/sqlite"
+          url=sqlite://$work/sqlite/subledger.db
+        fi
+        start_servers "$replicas" "$url"
+        sleep 1
+        idle=(); for pid in "${pids[@]}"; do idle+=("$(rss_mb "$pid" VmRSS)"); done
+        "$bin" bench "${targets[@]}" --scenario "$scenario" --offerings "$offerings" \
+          --concurrency "$concurrency" --duration "$secs" --json >"$work/report.json"
+        peak=(); for pid in "${pids[@]}"; do peak+=("$(rss_mb "$pid" VmHWM)"); done
+        stop_servers
+        read -r calls p50 p99 ok errors < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+errors = sum(n for code, n in r["codes"].items() if code != "Ok")
+print(round(r["calls_per_s"]), r["latency_ms"]["p50"], r["latency_ms"]["p99"], round(r["ok_per_s"]), errors)' "$work/report.json")
+        ratio=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.2f}" if sys.argv[2] else "n/a")' "$ok" "$anchor_tps")
+        echo "subledger scenario=$scenario backend=$backend replicas=$replicas concurrency=$concurrency seconds=$secs" \
+             "ok_per_s=$ok errors=$errors p50_ms=$p50 p99_ms=$p99 pgbench_tps=${anchor_tps:-n/a} ratio=$ratio" \
+             "idle_rss_mb_max=$(max_of "${idle[@]}") peak_rss_mb_max=$(max_of "${peak[@]}")"
+        rows+=("| $scenario | $backend | $replicas | $concurrency | $ok | $p50 | $p99 | ${anchor_tps:-n/a} | **$ratio** | $(max_of "${idle[@]}") | $(max_of "${peak[@]}") |")
+      done
+    done
+  done
+done
+
+echo
+echo "| scenario | backend | replicas | in flight | subledger ok/s | p50 ms | p99 ms | pgbench multi.sql tps | ratio | idle RSS MB | peak RSS MB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${rows[@]}"

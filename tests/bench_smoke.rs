@@ -1,0 +1,72 @@
+//! A few seconds of `subledger bench` per scenario against a real server: it runs, reports JSON,
+//! and its closing VerifyOffering passes. A smoke test of the tool, not a timing.
+
+mod common;
+
+use common::TestDb;
+
+async fn bench_scenarios_run_and_verify(db: TestDb) {
+    let server = db.start_server().await;
+    let target = format!("http://{}", server.address);
+    for scenario in ["hot", "spread", "mixed", "sellout"] {
+        let args = [
+            "bench",
+            "--target",
+            &target,
+            "--scenario",
+            scenario,
+            "--concurrency",
+            "16",
+            "--requests",
+            "400",
+            "--offerings",
+            "20",
+            "--sellout-units",
+            "150",
+            "--json",
+        ];
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "bench {scenario}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON report");
+        assert_eq!(report["calls"], 400, "{report}");
+        assert_eq!(report["verify_failures"].as_array().unwrap().len(), 0);
+        let codes = report["codes"].as_object().unwrap();
+        match scenario {
+            "hot" | "spread" => assert_eq!(
+                codes.get("Ok").and_then(|n| n.as_u64()),
+                Some(400),
+                "{report}"
+            ),
+            // 150 units for 400 one-unit calls: sold out exactly, the rest refused.
+            "sellout" => {
+                assert_eq!(
+                    report["sold_units"],
+                    serde_json::json!([150, 150]),
+                    "{report}"
+                );
+                assert_eq!(
+                    codes.get("FailedPrecondition").and_then(|n| n.as_u64()),
+                    Some(250),
+                    "{report}"
+                );
+            }
+            _ => assert!(
+                codes
+                    .keys()
+                    .all(|code| code == "Ok" || code == "FailedPrecondition"),
+                "{report}"
+            ),
+        }
+    }
+}
+
+backend_tests!(bench_scenarios_run_and_verify);
