@@ -1,27 +1,35 @@
-//! Group commit: concurrent requests for one offering share one transaction.
+//! Group commit: concurrent mutations share transactions.
 //!
-//! Every mutation of an offering serializes on its head lock, so while one transaction for the
-//! offering is in flight, any other would only wait for it. Instead, requests that arrive at this
-//! process meanwhile queue up, and the offering's worker applies them together in its next
-//! transaction: one lock, each request validated in order against the running totals, one commit,
-//! then every caller answered with its own result. A lone request starts a worker and is applied
-//! at once: nobody waits for company.
+//! Every mutation of an offering serializes on its head lock, so while one transaction for an
+//! offering is in flight, another would only wait for it. Instead, requests that arrive at this
+//! process meanwhile queue up, and go together into the next transaction for that offering: one
+//! lock, each request validated in order against the running totals, one commit, then every
+//! caller answered with its own result.
+//!
+//! A transaction may also carry several offerings (each locked, in offering_id order): with
+//! calls spread over many offerings, one commit then serves many of them, instead of one commit
+//! per call. Up to TRANSACTIONS_IN_FLIGHT_MAX transactions run at once per process, and an
+//! offering is in at most one of them. A lone request starts a transaction at once when fewer are
+//! in flight: nobody waits for company.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
-use crate::ledger::{Applied, Rejection, Request};
+use crate::ledger::{Applied, OfferingRequests, Rejection, Request};
 use crate::store::{Store, StoreError};
 
-/// Requests applied in one transaction at most: bounds the lock hold time and a statement's size.
+/// Requests in one transaction at most: bounds lock hold times and a statement's size.
 pub const BATCH_REQUESTS_MAX: usize = 256;
 /// Requests queued for one offering at most; past it a call is refused (RESOURCE_EXHAUSTED)
-/// rather than queued behind minutes of work.
+/// rather than queued behind seconds of work.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * BATCH_REQUESTS_MAX;
+/// Transactions in flight at once per process. Each holds a pooled connection; past a few,
+/// more only add contention on the database's CPUs.
+pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 8;
 
-/// One request's outcome: applied or rejected by a rule, or the transaction failed as a whole.
+/// One request's outcome: applied or rejected by a rule, or its transaction failed as a whole.
 pub type Outcome = Result<Result<Applied, Rejection>, Arc<StoreError>>;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,21 +43,30 @@ struct Pending {
     reply: oneshot::Sender<Outcome>,
 }
 
-/// Offerings with a worker running, and the requests waiting for its next transaction.
-/// An offering is in the map exactly while its worker runs.
-type Queues = HashMap<Arc<str>, Vec<Pending>>;
+/// What waits, and what is in flight. Changed only under its mutex, so a worker that finds
+/// nothing to take and retires can never strand a request: whoever queues next sees the free
+/// worker slot, and whoever finishes a transaction looks again.
+#[derive(Default)]
+struct State {
+    queued: HashMap<Arc<str>, Vec<Pending>>,
+    /// Offerings with queued requests, oldest first: no offering is starved by busier ones.
+    ready: VecDeque<Arc<str>>,
+    /// Offerings in a transaction now; their newer requests wait for the next one.
+    in_flight: HashSet<Arc<str>>,
+    workers: usize,
+}
 
 #[derive(Clone)]
 pub struct GroupCommitter<S> {
     store: S,
-    queues: Arc<Mutex<Queues>>,
+    state: Arc<Mutex<State>>,
 }
 
 impl<S: Store> GroupCommitter<S> {
     pub fn new(store: S) -> Self {
         Self {
             store,
-            queues: Arc::default(),
+            state: Arc::default(),
         }
     }
 
@@ -57,33 +74,33 @@ impl<S: Store> GroupCommitter<S> {
     /// The request is applied even if the caller stops waiting: a retry will find it recorded.
     pub async fn submit(&self, offering_id: &str, request: Request) -> Result<Outcome, QueueFull> {
         let (reply, outcome) = oneshot::channel();
-        let pending = Pending { request, reply };
         let start_worker = {
-            let mut queues = self
-                .queues
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            match queues.get_mut(offering_id) {
-                Some(queue) if queue.len() >= QUEUE_REQUESTS_MAX => {
-                    return Err(QueueFull {
-                        queued: queue.len(),
-                    });
-                }
-                Some(queue) => {
-                    queue.push(pending);
-                    None
-                }
+            let mut state = lock(&self.state);
+            let queue_len = state.queued.get(offering_id).map_or(0, Vec::len);
+            if queue_len >= QUEUE_REQUESTS_MAX {
+                return Err(QueueFull { queued: queue_len });
+            }
+            let pending = Pending { request, reply };
+            match state.queued.get_mut(offering_id) {
+                Some(queue) => queue.push(pending),
                 None => {
                     let offering_id: Arc<str> = offering_id.into();
-                    queues.insert(offering_id.clone(), vec![pending]);
-                    Some(offering_id)
+                    state.queued.insert(offering_id.clone(), vec![pending]);
+                    if !state.in_flight.contains(&offering_id) {
+                        state.ready.push_back(offering_id);
+                    }
                 }
             }
+            let start = state.workers < TRANSACTIONS_IN_FLIGHT_MAX && !state.ready.is_empty();
+            if start {
+                state.workers += 1;
+            }
+            start
         };
-        if let Some(offering_id) = start_worker {
-            tokio::spawn(self.clone().run_worker(offering_id));
+        if start_worker {
+            tokio::spawn(self.clone().run_worker());
         }
-        // The worker answers every request it takes, even when the transaction fails.
+        // A worker answers every request it takes, even when its transaction fails.
         Ok(outcome.await.unwrap_or_else(|_| {
             Err(Arc::new(StoreError::Corrupt(
                 "group commit worker stopped".into(),
@@ -91,65 +108,113 @@ impl<S: Store> GroupCommitter<S> {
         }))
     }
 
-    /// Applies the offering's queue batch by batch until it is empty, then retires.
-    async fn run_worker(self, offering_id: Arc<str>) {
-        let _retire_on_panic = RetireOnPanic {
-            queues: &self.queues,
-            offering_id: &offering_id,
+    /// Runs transactions until nothing is ready, then retires.
+    async fn run_worker(self) {
+        let mut guard = WorkerGuard {
+            state: &self.state,
+            taken: Vec::new(),
         };
-        while let Some(batch) = self.next_batch(&offering_id) {
-            let (requests, replies): (Vec<Request>, Vec<_>) =
-                batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-            match self.store.apply(&offering_id, &requests).await {
+        loop {
+            let (work, replies) = match self.take_batch(&guard.taken) {
+                Some(batch) => batch,
+                None => break,
+            };
+            guard.taken = work.iter().map(|item| item.offering_id.clone()).collect();
+            match self.store.apply(&work).await {
                 Ok(results) => {
                     debug_assert_eq!(results.len(), replies.len());
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(Ok(result));
+                    for (offering_replies, offering_results) in replies.into_iter().zip(results) {
+                        for (reply, result) in offering_replies.into_iter().zip(offering_results) {
+                            let _ = reply.send(Ok(result));
+                        }
                     }
                 }
                 Err(error) => {
                     let error = Arc::new(error);
-                    for reply in replies {
+                    for reply in replies.into_iter().flatten() {
                         let _ = reply.send(Err(error.clone()));
                     }
                 }
             }
         }
+        guard.taken.clear();
     }
 
-    /// Takes up to BATCH_REQUESTS_MAX queued requests, or removes the offering (retiring its
-    /// worker) when none are left. Both under the map's lock, so a request is never queued for a
-    /// worker that has already retired.
-    fn next_batch(&self, offering_id: &str) -> Option<Vec<Pending>> {
-        let mut queues = self
-            .queues
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let queue = queues.get_mut(offering_id)?;
-        if queue.is_empty() {
-            queues.remove(offering_id);
+    /// Marks the offerings of the last transaction done, then takes up to BATCH_REQUESTS_MAX
+    /// queued requests, whole offerings in the order they became ready. None (and the worker
+    /// retires) when nothing is ready.
+    #[allow(clippy::type_complexity)]
+    fn take_batch(
+        &self,
+        done: &[Arc<str>],
+    ) -> Option<(Vec<OfferingRequests>, Vec<Vec<oneshot::Sender<Outcome>>>)> {
+        let mut state = lock(&self.state);
+        for offering_id in done {
+            state.in_flight.remove(offering_id);
+            if state.queued.contains_key(offering_id) {
+                state.ready.push_back(offering_id.clone());
+            }
+        }
+        let mut work = Vec::new();
+        let mut replies = Vec::new();
+        let mut taken = 0;
+        while taken < BATCH_REQUESTS_MAX {
+            let Some(offering_id) = state.ready.pop_front() else {
+                break;
+            };
+            let Some(queue) = state.queued.get_mut(&offering_id) else {
+                continue;
+            };
+            let take = queue.len().min(BATCH_REQUESTS_MAX - taken);
+            let batch: Vec<Pending> = queue.drain(..take).collect();
+            if queue.is_empty() {
+                state.queued.remove(&offering_id);
+            }
+            // A partly taken offering stays out of `ready` until this transaction ends.
+            state.in_flight.insert(offering_id.clone());
+            taken += batch.len();
+            let (requests, offering_replies): (Vec<Request>, Vec<_>) =
+                batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+            work.push(OfferingRequests {
+                offering_id,
+                requests,
+            });
+            replies.push(offering_replies);
+        }
+        if work.is_empty() {
+            state.workers -= 1;
             return None;
         }
-        let take = queue.len().min(BATCH_REQUESTS_MAX);
-        Some(queue.drain(..take).collect())
+        Some((work, replies))
     }
 }
 
-/// Should a worker panic (a bug), its offering must not stay marked as having a worker, or every
-/// later request for it would queue forever. Dropping the queue answers its callers with an error.
-struct RetireOnPanic<'a> {
-    queues: &'a Mutex<Queues>,
-    offering_id: &'a str,
+fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
+    // A panic while holding this lock cannot leave State half-changed in a way that matters
+    // more than refusing all further calls would.
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Drop for RetireOnPanic<'_> {
+/// Should a worker panic (a bug), its slot and its offerings must be released, or later requests
+/// for them would wait forever. Dropping their replies answers those callers with an error.
+struct WorkerGuard<'a> {
+    state: &'a Mutex<State>,
+    taken: Vec<Arc<str>>,
+}
+
+impl Drop for WorkerGuard<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let mut queues = self
-                .queues
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            queues.remove(self.offering_id);
+            let mut state = lock(self.state);
+            for offering_id in &self.taken {
+                state.in_flight.remove(offering_id);
+                if state.queued.contains_key(offering_id) {
+                    state.ready.push_back(offering_id.clone());
+                }
+            }
+            state.workers -= 1;
         }
     }
 }

@@ -289,8 +289,69 @@ async fn concurrent_creates_of_one_offering_agree(db: TestDb) {
     assert_eq!(assert_ledger_consistent(&mut client, "new").await.len(), 1);
 }
 
+/// Calls spread over many offerings share transactions (several heads locked in one, in
+/// offering_id order): replicas batching overlapping sets must neither deadlock nor mix up
+/// offerings, and a call for a missing offering fails alone.
+async fn concurrent_subscribes_over_many_offerings_stay_exact(db: TestDb) {
+    const OFFERINGS: usize = 25;
+    const CALLS: usize = 600;
+    let (_servers, clients) = start_replicas(&db).await;
+    for i in 0..OFFERINGS {
+        clients[0]
+            .clone()
+            .create_offering(offering(&format!("o-{i:02}"), 200, 0))
+            .await
+            .unwrap();
+    }
+    let calls = (0..CALLS).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        // Every 50th call names an offering that does not exist.
+        let offering_id = if k % 50 == 7 {
+            "missing".to_owned()
+        } else {
+            format!("o-{:02}", (k * 7) % OFFERINGS)
+        };
+        tokio::spawn(async move {
+            let result = client
+                .subscribe(subscribe(
+                    &offering_id,
+                    &format!("inv-{}", k % 13),
+                    1 + (k % 4) as i64,
+                    &format!("r-{k}"),
+                ))
+                .await;
+            (offering_id, result)
+        })
+    });
+    let mut accepted: HashMap<String, i64> = HashMap::new();
+    for call in futures::future::join_all(calls).await {
+        let (offering_id, result) = call.unwrap();
+        match result {
+            Ok(reply) => {
+                let entry = reply.into_inner().entry.unwrap();
+                assert_eq!(entry.offering_id, offering_id);
+                *accepted.entry(offering_id).or_default() += entry.units_delta;
+            }
+            Err(status) if offering_id == "missing" => {
+                assert_eq!(reason(&status), "OFFERING_NOT_FOUND")
+            }
+            Err(status) => assert_eq!(reason(&status), "OFFERING_CAP_EXCEEDED", "{status:?}"),
+        }
+    }
+    let mut client = clients[1].clone();
+    for i in 0..OFFERINGS {
+        let offering_id = format!("o-{i:02}");
+        let entries = assert_ledger_consistent(&mut client, &offering_id).await;
+        assert_eq!(
+            entries.last().unwrap().offering_units_after,
+            accepted.get(&offering_id).copied().unwrap_or(0)
+        );
+    }
+}
+
 backend_tests!(
     concurrent_subscribes_never_exceed_caps,
+    concurrent_subscribes_over_many_offerings_stay_exact,
     concurrent_subscribes_and_cancels_keep_positions_exact,
     one_request_id_sent_to_every_replica_appends_once,
     concurrent_finalize_succeeds_exactly_once,

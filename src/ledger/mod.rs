@@ -6,7 +6,10 @@ mod rules;
 mod types;
 pub mod verify;
 
-pub use rules::{Applied, Batch, BatchWrites, CreateOutcome, Rejection, check_create};
+pub use rules::{
+    Applied, Batch, BatchWrites, CreateOutcome, OfferingRequests, Rejection, Results, apply_all,
+    check_create,
+};
 pub use types::*;
 
 /// Limits on input, each a named bound so that no caller can make the server do unbounded work.

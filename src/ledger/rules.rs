@@ -7,6 +7,7 @@
 //! request changes nothing and does not affect the others.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::types::{
     Command, Entry, EntryKind, NewOffering, Offering, OfferingStatus, Position, Request, Timestamp,
@@ -290,6 +291,75 @@ impl Batch {
             positions,
         }
     }
+}
+
+/// The requests for one offering that go into one transaction, in the order they are applied.
+#[derive(Clone, Debug)]
+pub struct OfferingRequests {
+    pub offering_id: Arc<str>,
+    pub requests: Vec<Request>,
+}
+
+/// One result per request, per offering, in the order of the work given.
+pub type Results = Vec<Vec<Result<Applied, Rejection>>>;
+
+/// Applies the requests of several offerings, each against its own locked head, from the rows a
+/// store loaded for all of them at once: the heads that exist, and the positions and recorded
+/// entries of the investors and request_ids named. Returns the results and the rows to write
+/// (only for offerings that changed).
+pub fn apply_all(
+    work: &[OfferingRequests],
+    heads: Vec<Offering>,
+    positions: Vec<Position>,
+    recorded: Vec<Entry>,
+    now: Timestamp,
+) -> (Results, Vec<BatchWrites>) {
+    let mut heads: HashMap<String, Offering> = heads
+        .into_iter()
+        .map(|h| (h.offering_id.clone(), h))
+        .collect();
+    let mut positions_by_offering: HashMap<String, Vec<Position>> = HashMap::new();
+    for position in positions {
+        positions_by_offering
+            .entry(position.offering_id.clone())
+            .or_default()
+            .push(position);
+    }
+    let mut recorded_by_offering: HashMap<String, Vec<Entry>> = HashMap::new();
+    for entry in recorded {
+        recorded_by_offering
+            .entry(entry.offering_id.clone())
+            .or_default()
+            .push(entry);
+    }
+    let mut results = Vec::with_capacity(work.len());
+    let mut writes = Vec::new();
+    for item in work {
+        let Some(head) = heads.remove(&*item.offering_id) else {
+            let missing = Rejection::OfferingNotFound {
+                offering_id: item.offering_id.to_string(),
+            };
+            results.push(item.requests.iter().map(|_| Err(missing.clone())).collect());
+            continue;
+        };
+        let positions = positions_by_offering
+            .remove(&*item.offering_id)
+            .unwrap_or_default();
+        let recorded = recorded_by_offering
+            .remove(&*item.offering_id)
+            .unwrap_or_default();
+        let mut batch = Batch::new(head, positions, recorded, now);
+        results.push(
+            item.requests
+                .iter()
+                .map(|request| batch.apply(request))
+                .collect(),
+        );
+        if batch.has_writes() {
+            writes.push(batch.into_writes());
+        }
+    }
+    (results, writes)
 }
 
 /// What CreateOffering does when the offering_id may already be taken.

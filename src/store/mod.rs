@@ -15,7 +15,7 @@ use tokio::sync::broadcast;
 
 use crate::ledger::verify::Report;
 use crate::ledger::{
-    Applied, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection, Request,
+    CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
 
 pub use postgres::PgStore;
@@ -106,14 +106,14 @@ pub trait Store: Clone + Send + Sync + 'static {
         new: &NewOffering,
     ) -> impl Future<Output = Result<Result<CreateOutcome, Rejection>, StoreError>> + Send;
 
-    /// Applies `requests` to one offering in one transaction, in order, each validated against
-    /// the state the previous ones left. One result per request; a rejected request changes
-    /// nothing. All are rejected with OfferingNotFound if the offering does not exist.
+    /// Applies the requests of one or more offerings (each offering once) in ONE transaction:
+    /// the heads are locked in offering_id order, then each offering's requests are validated in
+    /// order against the state the previous ones left. One result per request; a rejected request
+    /// changes nothing; the requests of an offering that does not exist get OfferingNotFound.
     fn apply(
         &self,
-        offering_id: &str,
-        requests: &[Request],
-    ) -> impl Future<Output = Result<Vec<Result<Applied, Rejection>>, StoreError>> + Send;
+        work: &[OfferingRequests],
+    ) -> impl Future<Output = Result<Results, StoreError>> + Send;
 
     fn get_offering(
         &self,

@@ -19,8 +19,8 @@ use super::rows::{
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
-    Applied, Batch, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection,
-    Request, check_create,
+    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
+    Rejection, Results, check_create,
 };
 
 /// NOTIFY channel carrying "version:offering_id" after each commit.
@@ -85,34 +85,62 @@ impl PgStore {
         row.map(Offering::try_from).transpose()
     }
 
+    /// Locks the heads of every offering in `work`, in offering_id order (the one lock order
+    /// every transaction follows, so two replicas batching overlapping offerings cannot deadlock).
+    async fn lock_heads(
+        tx: &mut Transaction<'static, Postgres>,
+        work: &[OfferingRequests],
+    ) -> Result<Vec<Offering>, StoreError> {
+        let offering_ids: Vec<&str> = work.iter().map(|w| &*w.offering_id).collect();
+        let rows: Vec<HeadRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            head_columns!(),
+            " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE"
+        ))
+        .bind(&offering_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        into_offerings(rows)
+    }
+
+    /// The positions of the investors named, and the entries already recorded under the
+    /// request_ids used, read after the heads are locked so that they are current.
     async fn load_batch_inputs(
         tx: &mut Transaction<'static, Postgres>,
-        offering_id: &str,
-        requests: &[Request],
+        work: &[OfferingRequests],
     ) -> Result<(Vec<Position>, Vec<Entry>), StoreError> {
-        let investor_ids: Vec<&str> = requests
-            .iter()
-            .filter_map(|r| r.command.investor_id())
-            .collect();
+        let (mut position_offerings, mut investor_ids) = (Vec::new(), Vec::new());
+        let (mut entry_offerings, mut request_ids) = (Vec::new(), Vec::new());
+        for item in work {
+            for request in &item.requests {
+                if let Some(investor_id) = request.command.investor_id() {
+                    position_offerings.push(&*item.offering_id);
+                    investor_ids.push(investor_id);
+                }
+                entry_offerings.push(&*item.offering_id);
+                request_ids.push(request.request_id.as_str());
+            }
+        }
         let positions: Vec<PositionRow> = if investor_ids.is_empty() {
             Vec::new()
         } else {
             sqlx::query_as(
-                "SELECT offering_id, investor_id, units, update_time FROM investor_position \
-                 WHERE offering_id = $1 AND investor_id = ANY($2)",
+                "SELECT DISTINCT p.offering_id, p.investor_id, p.units, p.update_time \
+                 FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, investor_id) \
+                 JOIN investor_position p ON p.offering_id = k.offering_id AND p.investor_id = k.investor_id",
             )
-            .bind(offering_id)
+            .bind(&position_offerings)
             .bind(&investor_ids)
             .fetch_all(&mut **tx)
             .await?
         };
-        let request_ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
-        let recorded: Vec<EntryRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM history_entry WHERE offering_id = $1 AND request_id = ANY($2)"
-        ))
-        .bind(offering_id)
+        let recorded: Vec<EntryRow> = sqlx::query_as(
+            "SELECT DISTINCT e.offering_id, e.sequence, e.kind, e.investor_id, e.units_delta, e.investor_units_after, \
+                e.offering_units_after, e.request_id, e.requested_units, e.expected_version, e.record_time \
+             FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, request_id) \
+             JOIN history_entry e ON e.offering_id = k.offering_id AND e.request_id = k.request_id",
+        )
+        .bind(&entry_offerings)
         .bind(&request_ids)
         .fetch_all(&mut **tx)
         .await?;
@@ -122,30 +150,34 @@ impl PgStore {
         ))
     }
 
-    /// Appends the entries, upserts the positions and updates the head in one statement.
+    /// Appends the entries, upserts the positions and updates the heads of every offering that
+    /// changed, in one statement; each head update NOTIFYs watchers at commit.
     async fn write(
         tx: &mut Transaction<'static, Postgres>,
-        writes: &BatchWrites,
+        writes: &[BatchWrites],
     ) -> Result<(), StoreError> {
-        let entries = &writes.entries;
-        let head = &writes.head;
+        let entries: Vec<&Entry> = writes.iter().flat_map(|w| &w.entries).collect();
+        let positions: Vec<&Position> = writes.iter().flat_map(|w| &w.positions).collect();
+        let heads: Vec<&Offering> = writes.iter().map(|w| &w.head).collect();
         sqlx::query(
             "WITH appended AS ( \
                 INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
                     offering_units_after, request_id, requested_units, expected_version, record_time) \
-                SELECT $1, * FROM UNNEST($2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
+                SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
                     $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[]) \
              ), positions AS ( \
                 INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
-                SELECT $1, * FROM UNNEST($12::text[], $13::bigint[], $14::timestamptz[]) \
+                SELECT * FROM UNNEST($12::text[], $13::text[], $14::bigint[], $15::timestamptz[]) \
                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, update_time = EXCLUDED.update_time \
              ) \
-             UPDATE offering_head SET subscribed_units = $15, investor_count = $16, status = $17, version = $18, \
-                update_time = $19 \
-             WHERE offering_id = $1 \
-             RETURNING pg_notify('subledger_history', $18::text || ':' || $1)",
+             UPDATE offering_head AS h SET subscribed_units = v.subscribed_units, investor_count = v.investor_count, \
+                status = v.status, version = v.version, update_time = v.update_time \
+             FROM UNNEST($16::text[], $17::bigint[], $18::bigint[], $19::smallint[], $20::bigint[], $21::timestamptz[]) \
+                AS v (offering_id, subscribed_units, investor_count, status, version, update_time) \
+             WHERE h.offering_id = v.offering_id \
+             RETURNING pg_notify('subledger_history', v.version::text || ':' || v.offering_id)",
         )
-        .bind(&head.offering_id)
+        .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.kind as i16).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.investor_id.as_str()).collect::<Vec<_>>())
@@ -156,14 +188,16 @@ impl PgStore {
         .bind(entries.iter().map(|e| e.requested_units).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.expected_version).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.record_time).collect::<Vec<_>>())
-        .bind(writes.positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
-        .bind(writes.positions.iter().map(|p| p.units).collect::<Vec<_>>())
-        .bind(writes.positions.iter().map(|p| p.update_time).collect::<Vec<_>>())
-        .bind(head.subscribed_units)
-        .bind(head.investor_count)
-        .bind(head.status as i16)
-        .bind(head.version)
-        .bind(head.update_time)
+        .bind(positions.iter().map(|p| p.offering_id.as_str()).collect::<Vec<_>>())
+        .bind(positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
+        .bind(positions.iter().map(|p| p.units).collect::<Vec<_>>())
+        .bind(positions.iter().map(|p| p.update_time).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.offering_id.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.subscribed_units).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.investor_count).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.status as i16).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.version).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.update_time).collect::<Vec<_>>())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -238,33 +272,25 @@ impl Store for PgStore {
         }
     }
 
-    async fn apply(
-        &self,
-        offering_id: &str,
-        requests: &[Request],
-    ) -> Result<Vec<Result<Applied, Rejection>>, StoreError> {
+    async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let Some(head) = Self::lock_head(&mut tx, offering_id).await? else {
-            let missing = Rejection::OfferingNotFound {
-                offering_id: offering_id.to_owned(),
-            };
-            return Ok(requests.iter().map(|_| Err(missing.clone())).collect());
-        };
-        let (positions, recorded) = Self::load_batch_inputs(&mut tx, offering_id, requests).await?;
-        let mut batch = Batch::new(head, positions, recorded, super::now());
-        let results: Vec<_> = requests.iter().map(|r| batch.apply(r)).collect();
-        if !batch.has_writes() {
+        let heads = Self::lock_heads(&mut tx, work).await?;
+        let (positions, recorded) = Self::load_batch_inputs(&mut tx, work).await?;
+        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
+        if writes.is_empty() {
             tx.rollback().await?;
             return Ok(results);
         }
-        let writes = batch.into_writes();
         Self::write(&mut tx, &writes).await?;
         tx.commit().await?;
         // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
-        let _ = self.changes.send(Change {
-            offering_id: offering_id.into(),
-            version: writes.head.version,
-        });
+        for written in &writes {
+            let change = Change {
+                offering_id: written.head.offering_id.as_str().into(),
+                version: written.head.version,
+            };
+            let _ = self.changes.send(change);
+        }
         Ok(results)
     }
 

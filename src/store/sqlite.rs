@@ -19,8 +19,8 @@ use super::rows::{
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
-    Applied, Batch, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, Position, Rejection,
-    Request, check_create,
+    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
+    Rejection, Request, Results, check_create,
 };
 
 /// How long a writer waits for another connection or process to release the write lock before
@@ -257,29 +257,32 @@ impl Store for SqliteStore {
         Ok(Ok(CreateOutcome::Created(head)))
     }
 
-    async fn apply(
-        &self,
-        offering_id: &str,
-        requests: &[Request],
-    ) -> Result<Vec<Result<Applied, Rejection>>, StoreError> {
+    async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
+        // The write lock is the whole database's: every offering in `work` is covered by it.
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let Some(head) = Self::select_head(&mut tx, offering_id).await? else {
-            let missing = Rejection::OfferingNotFound {
-                offering_id: offering_id.to_owned(),
+        let (mut heads, mut positions, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+        for item in work {
+            let Some(head) = Self::select_head(&mut tx, &item.offering_id).await? else {
+                continue;
             };
-            return Ok(requests.iter().map(|_| Err(missing.clone())).collect());
-        };
-        let (positions, recorded) = Self::load_batch_inputs(&mut tx, offering_id, requests).await?;
-        let mut batch = Batch::new(head, positions, recorded, super::now());
-        let results: Vec<_> = requests.iter().map(|r| batch.apply(r)).collect();
-        if !batch.has_writes() {
+            heads.push(head);
+            let (item_positions, item_recorded) =
+                Self::load_batch_inputs(&mut tx, &item.offering_id, &item.requests).await?;
+            positions.extend(item_positions);
+            recorded.extend(item_recorded);
+        }
+        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
+        if writes.is_empty() {
             tx.rollback().await?;
             return Ok(results);
         }
-        let writes = batch.into_writes();
-        Self::write(&mut tx, &writes).await?;
+        for written in &writes {
+            Self::write(&mut tx, written).await?;
+        }
         tx.commit().await?;
-        self.announce(offering_id, writes.head.version);
+        for written in &writes {
+            self.announce(&written.head.offering_id, written.head.version);
+        }
         Ok(results)
     }
 
