@@ -64,7 +64,7 @@ for scenario in $scenarios; do
     for backend in $backends; do
       for replicas in $replica_counts; do
         if [ "$backend" = postgres ]; then
-          psql -q "$pg_url" -c 'DROP DATABASE IF EXISTS subledger_bench' -c 'CREATE DATABASE subledger_bench' 2>/dev/null
+          PGOPTIONS='-c client_min_messages=warning' psql -q "$pg_url" -c 'DROP DATABASE IF EXISTS subledger_bench WITH (FORCE)' -c 'CREATE DATABASE subledger_bench'
           url=${pg_url%/*}/subledger_bench
         else
           rm -rf "$work/sqlite" && mkdir -p "$work/sqlite"

@@ -27,7 +27,7 @@ pub const BATCH_REQUESTS_MAX: usize = 256;
 pub const QUEUE_REQUESTS_MAX: usize = 16 * BATCH_REQUESTS_MAX;
 /// Transactions in flight at once per process. Each holds a pooled connection; past a few,
 /// more only add contention on the database's CPUs.
-pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 8;
+pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 2;
 
 /// One request's outcome: applied or rejected by a rule, or its transaction failed as a whole.
 pub type Outcome = Result<Result<Applied, Rejection>, Arc<StoreError>>;

@@ -19,8 +19,8 @@ use super::rows::{
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
-    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
-    Rejection, Results, check_create,
+    self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
+    Position, Rejection, Results, check_create,
 };
 
 /// NOTIFY channel carrying "version:offering_id" after each commit.
@@ -103,68 +103,120 @@ impl PgStore {
         into_offerings(rows)
     }
 
-    /// The positions of the investors named, and the entries already recorded under the
-    /// request_ids used, read after the heads are locked so that they are current.
-    async fn load_batch_inputs(
+    /// The positions of the investors named, read after the heads are locked so they are current.
+    async fn load_positions(
         tx: &mut Transaction<'static, Postgres>,
         work: &[OfferingRequests],
-    ) -> Result<(Vec<Position>, Vec<Entry>), StoreError> {
-        let (mut position_offerings, mut investor_ids) = (Vec::new(), Vec::new());
-        let (mut entry_offerings, mut request_ids) = (Vec::new(), Vec::new());
+    ) -> Result<Vec<Position>, StoreError> {
+        let (mut offering_ids, mut investor_ids) = (Vec::new(), Vec::new());
+        for item in work {
+            for investor_id in item.requests.iter().filter_map(|r| r.command.investor_id()) {
+                offering_ids.push(&*item.offering_id);
+                investor_ids.push(investor_id);
+            }
+        }
+        if investor_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<PositionRow> = sqlx::query_as(
+            "SELECT DISTINCT p.offering_id, p.investor_id, p.units, p.update_time \
+             FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, investor_id) \
+             JOIN investor_position p ON p.offering_id = k.offering_id AND p.investor_id = k.investor_id",
+        )
+        .bind(&offering_ids)
+        .bind(&investor_ids)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows.into_iter().map(Position::from).collect())
+    }
+
+    /// The entries already recorded under the request_ids of `work`.
+    async fn load_recorded(
+        tx: &mut Transaction<'static, Postgres>,
+        work: &[OfferingRequests],
+    ) -> Result<Vec<Entry>, StoreError> {
+        let (mut offering_ids, mut request_ids) = (Vec::new(), Vec::new());
         for item in work {
             for request in &item.requests {
-                if let Some(investor_id) = request.command.investor_id() {
-                    position_offerings.push(&*item.offering_id);
-                    investor_ids.push(investor_id);
-                }
-                entry_offerings.push(&*item.offering_id);
+                offering_ids.push(&*item.offering_id);
                 request_ids.push(request.request_id.as_str());
             }
         }
-        let positions: Vec<PositionRow> = if investor_ids.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "SELECT DISTINCT p.offering_id, p.investor_id, p.units, p.update_time \
-                 FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, investor_id) \
-                 JOIN investor_position p ON p.offering_id = k.offering_id AND p.investor_id = k.investor_id",
-            )
-            .bind(&position_offerings)
-            .bind(&investor_ids)
-            .fetch_all(&mut **tx)
-            .await?
-        };
-        let recorded: Vec<EntryRow> = sqlx::query_as(
+        let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT DISTINCT e.offering_id, e.sequence, e.kind, e.investor_id, e.units_delta, e.investor_units_after, \
                 e.offering_units_after, e.request_id, e.requested_units, e.expected_version, e.record_time \
              FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, request_id) \
              JOIN history_entry e ON e.offering_id = k.offering_id AND e.request_id = k.request_id",
         )
-        .bind(&entry_offerings)
+        .bind(&offering_ids)
         .bind(&request_ids)
         .fetch_all(&mut **tx)
         .await?;
-        Ok((
-            positions.into_iter().map(Position::from).collect(),
-            into_entries(recorded)?,
-        ))
+        into_entries(rows)
+    }
+
+    /// One attempt at `apply`. With `known_new` the request_ids are taken to be new (true but
+    /// for retries) and not looked up; the attempt is then abandoned (None) if the history
+    /// insert found one recorded after all, or if a rule refused a request: a refusal may be a
+    /// replay in disguise (a retried Subscribe after the offering sold out).
+    async fn apply_attempt(
+        &self,
+        work: &[OfferingRequests],
+        known_new: bool,
+    ) -> Result<Option<Results>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let heads = Self::lock_heads(&mut tx, work).await?;
+        let positions = Self::load_positions(&mut tx, work).await?;
+        let recorded = if known_new {
+            Vec::new()
+        } else {
+            Self::load_recorded(&mut tx, work).await?
+        };
+        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
+        let refused = |r: &Result<Applied, Rejection>| matches!(r, Err(e) if !matches!(e, Rejection::OfferingNotFound { .. }));
+        if known_new && results.iter().flatten().any(refused) {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        if writes.is_empty() {
+            tx.rollback().await?;
+            return Ok(Some(results));
+        }
+        let appended = Self::write(&mut tx, &writes).await?;
+        if appended != writes.iter().map(|w| w.entries.len()).sum::<usize>() {
+            debug_assert!(known_new, "request_ids were checked under the lock");
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        tx.commit().await?;
+        // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
+        for written in &writes {
+            let change = Change {
+                offering_id: written.head.offering_id.as_str().into(),
+                version: written.head.version,
+            };
+            let _ = self.changes.send(change);
+        }
+        Ok(Some(results))
     }
 
     /// Appends the entries, upserts the positions and updates the heads of every offering that
-    /// changed, in one statement; each head update NOTIFYs watchers at commit.
+    /// changed, in one statement; each head update NOTIFYs watchers at commit. Entries whose
+    /// request_id is already recorded are skipped; returns how many were appended.
     async fn write(
         tx: &mut Transaction<'static, Postgres>,
         writes: &[BatchWrites],
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         let entries: Vec<&Entry> = writes.iter().flat_map(|w| &w.entries).collect();
         let positions: Vec<&Position> = writes.iter().flat_map(|w| &w.positions).collect();
         let heads: Vec<&Offering> = writes.iter().map(|w| &w.head).collect();
-        sqlx::query(
+        let appended: Vec<i64> = sqlx::query_scalar(
             "WITH appended AS ( \
                 INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
                     offering_units_after, request_id, requested_units, expected_version, record_time) \
                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
                     $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[]) \
+                ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
              ), positions AS ( \
                 INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
                 SELECT * FROM UNNEST($12::text[], $13::text[], $14::bigint[], $15::timestamptz[]) \
@@ -175,7 +227,7 @@ impl PgStore {
              FROM UNNEST($16::text[], $17::bigint[], $18::bigint[], $19::smallint[], $20::bigint[], $21::timestamptz[]) \
                 AS v (offering_id, subscribed_units, investor_count, status, version, update_time) \
              WHERE h.offering_id = v.offering_id \
-             RETURNING pg_notify('subledger_history', v.version::text || ':' || v.offering_id)",
+             RETURNING (SELECT count(*) FROM appended), pg_notify('subledger_history', v.version::text || ':' || v.offering_id)",
         )
         .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
@@ -198,9 +250,9 @@ impl PgStore {
         .bind(heads.iter().map(|h| h.status as i16).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.version).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.update_time).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
-        Ok(())
+        Ok(appended.first().copied().unwrap_or(0) as usize)
     }
 }
 
@@ -273,25 +325,17 @@ impl Store for PgStore {
     }
 
     async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let heads = Self::lock_heads(&mut tx, work).await?;
-        let (positions, recorded) = Self::load_batch_inputs(&mut tx, work).await?;
-        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
-        if writes.is_empty() {
-            tx.rollback().await?;
+        // Request_ids are almost always new: skip looking them up, and look only when that
+        // turns out wrong (a round trip less under the head lock for every batch but retries).
+        if let Some(results) = self.apply_attempt(work, true).await? {
             return Ok(results);
         }
-        Self::write(&mut tx, &writes).await?;
-        tx.commit().await?;
-        // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
-        for written in &writes {
-            let change = Change {
-                offering_id: written.head.offering_id.as_str().into(),
-                version: written.head.version,
-            };
-            let _ = self.changes.send(change);
+        match self.apply_attempt(work, false).await? {
+            Some(results) => Ok(results),
+            None => Err(StoreError::Corrupt(
+                "a checked batch found a request_id recorded twice".into(),
+            )),
         }
-        Ok(results)
     }
 
     async fn get_offering(&self, offering_id: &str) -> Result<Option<Offering>, StoreError> {
