@@ -394,6 +394,14 @@ async fn caps_and_units_are_enforced(db: TestDb) {
         .subscribe(subscribe("deal", "carol", 10, "s4"))
         .await
         .unwrap();
+    // Sold out: a retry of an accepted request is still a replay, not OFFERING_CAP_EXCEEDED.
+    let retry = client
+        .subscribe(subscribe("deal", "carol", 10, "s4"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retry.replayed);
+    assert_eq!(retry.offering.unwrap().remaining_units, 0);
 
     assert_status(
         client.cancel(cancel("deal", "bob", 31, "c1")).await,
