@@ -63,6 +63,9 @@ pub struct BenchArgs {
     /// Offerings for spread and mixed.
     #[arg(long, default_value_t = 1000)]
     offerings: usize,
+    /// Use this existing offering instead of creating new ones (repeatable; hot, spread, mixed).
+    #[arg(long = "offering")]
+    existing_offerings: Vec<String>,
     /// The offering cap for sellout.
     #[arg(long, default_value_t = 5000)]
     sellout_units: i64,
@@ -82,6 +85,8 @@ struct Report {
     calls_per_s: f64,
     ok_per_s: f64,
     latency_ms: Latency,
+    /// Latency per RPC (mixed has four).
+    latency_ms_by_method: BTreeMap<String, Latency>,
     codes: BTreeMap<String, u64>,
     /// sellout only: seconds from the first call until the offering was sold out.
     sold_out_after_s: Option<f64>,
@@ -95,6 +100,7 @@ struct Report {
 
 #[derive(Serialize)]
 struct Latency {
+    calls: u64,
     p50: f64,
     p90: f64,
     p99: f64,
@@ -104,30 +110,49 @@ struct Latency {
 /// What one worker saw.
 struct Tally {
     latency_us: Histogram<u64>,
+    latency_us_by_method: BTreeMap<&'static str, Histogram<u64>>,
     codes: BTreeMap<String, u64>,
     /// sellout: when this worker first saw the offering sold out.
     sold_out_at: Option<Instant>,
 }
 
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds")
+}
+
 impl Tally {
     fn new() -> Self {
-        let latency_us =
-            Histogram::new_with_bounds(1, LATENCY_US_MAX, 3).expect("valid histogram bounds");
         Self {
-            latency_us,
+            latency_us: new_histogram(),
+            latency_us_by_method: BTreeMap::new(),
             codes: BTreeMap::new(),
             sold_out_at: None,
         }
     }
 
-    fn record(&mut self, started: Instant, code: tonic::Code) {
+    fn record(&mut self, method: &'static str, started: Instant, code: tonic::Code) {
         let latency_us = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
         let _ = self.latency_us.record(latency_us);
+        let by_method = self
+            .latency_us_by_method
+            .entry(method)
+            .or_insert_with(new_histogram);
+        let _ = by_method.record(latency_us);
         *self.codes.entry(format!("{code:?}")).or_default() += 1;
     }
 
     fn merge(&mut self, other: Tally) {
         let _ = self.latency_us.add(other.latency_us);
+        for (method, histogram) in other.latency_us_by_method {
+            match self.latency_us_by_method.get_mut(method) {
+                Some(mine) => {
+                    let _ = mine.add(histogram);
+                }
+                None => {
+                    self.latency_us_by_method.insert(method, histogram);
+                }
+            }
+        }
         for (code, count) in other.codes {
             *self.codes.entry(code).or_default() += count;
         }
@@ -173,7 +198,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let clients = connect(&args.targets).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let offering_ids = create_offerings(&clients, &args, &run_id).await?;
+    let offering_ids = if args.existing_offerings.is_empty() || args.scenario == Scenario::Sellout {
+        create_offerings(&clients, &args, &run_id).await?
+    } else {
+        args.existing_offerings.clone()
+    };
 
     let plan = Arc::new(Plan {
         scenario: args.scenario,
@@ -301,10 +330,10 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
         let investor_id = format!("investor-{}", random() % INVESTORS);
         let request_id = format!("{}-{call}", plan.run_id);
         let started = Instant::now();
-        let code = match plan.scenario {
+        let (method, code) = match plan.scenario {
             Scenario::Hot | Scenario::Spread => {
                 let units = 1 + (random() % 10) as i64;
-                code_of(
+                let code = code_of(
                     client
                         .subscribe(proto::SubscribeRequest {
                             offering_id,
@@ -313,7 +342,8 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
                             request_id,
                         })
                         .await,
-                )
+                );
+                ("Subscribe", code)
             }
             Scenario::Sellout => {
                 let request = proto::SubscribeRequest {
@@ -326,12 +356,12 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
                 if code == tonic::Code::FailedPrecondition && tally.sold_out_at.is_none() {
                     tally.sold_out_at = Some(Instant::now());
                 }
-                code
+                ("Subscribe", code)
             }
             Scenario::Mixed => match random() % 10 {
                 0..=4 => {
                     let units = 1 + (random() % 10) as i64;
-                    code_of(
+                    let code = code_of(
                         client
                             .subscribe(proto::SubscribeRequest {
                                 offering_id,
@@ -340,7 +370,8 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
                                 request_id,
                             })
                             .await,
-                    )
+                    );
+                    ("Subscribe", code)
                 }
                 5 => {
                     // Cancels of investors who hold nothing are refused; that is part of the mix.
@@ -350,24 +381,23 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
                         units: 0,
                         request_id,
                     };
-                    code_of(client.cancel(request).await)
+                    ("Cancel", code_of(client.cancel(request).await))
                 }
-                6..=8 => code_of(
-                    client
-                        .get_offering(proto::GetOfferingRequest { offering_id })
-                        .await,
-                ),
+                6..=8 => {
+                    let request = proto::GetOfferingRequest { offering_id };
+                    ("GetOffering", code_of(client.get_offering(request).await))
+                }
                 _ => {
                     let request = proto::ListHistoryRequest {
                         offering_id,
                         page_size: 20,
                         ..Default::default()
                     };
-                    code_of(client.list_history(request).await)
+                    ("ListHistory", code_of(client.list_history(request).await))
                 }
             },
         };
-        tally.record(started, code);
+        tally.record(method, started, code);
         plan.calls_done.fetch_add(1, Ordering::Relaxed);
     }
     tally
@@ -433,7 +463,16 @@ fn report(
     let calls = tally.latency_us.len();
     let seconds = elapsed.as_secs_f64();
     let ok = tally.codes.get("Ok").copied().unwrap_or(0);
-    let ms = |quantile: f64| tally.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
+    let latency = |histogram: &Histogram<u64>| {
+        let ms = |quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+        Latency {
+            calls: histogram.len(),
+            p50: ms(0.5),
+            p90: ms(0.9),
+            p99: ms(0.99),
+            max: histogram.max() as f64 / 1000.0,
+        }
+    };
     Report {
         scenario: args.scenario,
         targets: args.targets.clone(),
@@ -443,12 +482,12 @@ fn report(
         calls,
         calls_per_s: calls as f64 / seconds,
         ok_per_s: ok as f64 / seconds,
-        latency_ms: Latency {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            max: tally.latency_us.max() as f64 / 1000.0,
-        },
+        latency_ms: latency(&tally.latency_us),
+        latency_ms_by_method: tally
+            .latency_us_by_method
+            .iter()
+            .map(|(method, histogram)| (method.to_string(), latency(histogram)))
+            .collect(),
         codes: tally.codes.clone(),
         sold_out_after_s: tally.sold_out_at.map(|at| (at - started).as_secs_f64()),
         sold_units: None,
@@ -475,6 +514,14 @@ fn print_text(report: &Report) {
         "latency ms: p50={:.2} p90={:.2} p99={:.2} max={:.2}",
         l.p50, l.p90, l.p99, l.max
     );
+    if report.latency_ms_by_method.len() > 1 {
+        for (method, l) in &report.latency_ms_by_method {
+            println!(
+                "  {method}: {} calls, p50={:.2} p99={:.2} ms",
+                l.calls, l.p50, l.p99
+            );
+        }
+    }
     let codes: Vec<String> = report
         .codes
         .iter()
