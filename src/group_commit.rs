@@ -111,7 +111,7 @@ impl<S: Store> GroupCommitter<S> {
     /// Runs transactions until nothing is ready, then retires.
     async fn run_worker(self) {
         let mut guard = WorkerGuard {
-            state: &self.state,
+            committer: &self,
             taken: Vec::new(),
         };
         loop {
@@ -197,24 +197,31 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Should a worker panic (a bug), its slot and its offerings must be released, or later requests
-/// for them would wait forever. Dropping their replies answers those callers with an error.
-struct WorkerGuard<'a> {
-    state: &'a Mutex<State>,
+/// Should a worker panic (a bug), its slot and its offerings must be released and the queue
+/// picked up again, or later requests for them would wait forever. Dropping the panicked batch's
+/// replies answers those callers with an error.
+struct WorkerGuard<'a, S: Store> {
+    committer: &'a GroupCommitter<S>,
     taken: Vec<Arc<str>>,
 }
 
-impl Drop for WorkerGuard<'_> {
+impl<S: Store> Drop for WorkerGuard<'_, S> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = lock(self.state);
-            for offering_id in &self.taken {
-                state.in_flight.remove(offering_id);
-                if state.queued.contains_key(offering_id) {
-                    state.ready.push_back(offering_id.clone());
-                }
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut state = lock(&self.committer.state);
+        for offering_id in &self.taken {
+            state.in_flight.remove(offering_id);
+            if state.queued.contains_key(offering_id) {
+                state.ready.push_back(offering_id.clone());
             }
+        }
+        // This worker's slot passes to a fresh worker if anything is waiting.
+        if state.ready.is_empty() {
             state.workers -= 1;
+        } else {
+            tokio::spawn(self.committer.clone().run_worker());
         }
     }
 }

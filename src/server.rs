@@ -14,6 +14,9 @@ use crate::api::LedgerService;
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedgerServer};
 use crate::store::Store;
 
+/// How long a graceful shutdown waits for calls in flight and open streams before it gives up
+/// on them. Unary calls finish in milliseconds; this bounds only streams that never end.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How often health checks ask the database whether it answers.
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// A probe slower than this counts as the database not answering.
@@ -47,13 +50,22 @@ pub async fn serve<S: Store>(
     let ledger = SubscriptionLedgerServer::new(LedgerService::new(store, shutdown.clone()));
     // Replies are small and latency-bound: do not let Nagle hold them back.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let serving = Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ledger)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    // tonic waits for every connection to close; a client holding a stream open (a
+    // grpc.health.v1 Watch never ends) would hold the shutdown open forever.
+    let grace_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = serving => served?,
+        () = grace_over => tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "connections still open after the shutdown grace period; closing them"),
+    }
     Ok(())
 }
 

@@ -334,6 +334,12 @@ async fn lifecycle_close_then_finalize_once(db: TestDb) {
         Code::FailedPrecondition,
         "OFFERING_NOT_CLOSED",
     );
+    // Even with a stale expected_version: the offering moved on for good, no point retrying.
+    assert_status(
+        client.finalize_offering(finalize(3, "f3")).await,
+        Code::FailedPrecondition,
+        "OFFERING_NOT_CLOSED",
+    );
 
     let entries = assert_ledger_consistent(&mut client, "deal").await;
     let kinds: Vec<_> = entries.iter().map(|e| e.kind()).collect();
@@ -602,6 +608,28 @@ async fn malformed_requests_name_the_field(db: TestDb) {
     );
     assert_invalid(
         client.list_history(history(0, "", -1)).await,
+        "after_sequence",
+    );
+    // A forged token whose key is no id (PostgreSQL would refuse the NUL byte).
+    use base64::Engine as _;
+    let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("offerings:\0");
+    assert_invalid(
+        client
+            .list_offerings(proto::ListOfferingsRequest {
+                page_size: 0,
+                page_token: forged,
+            })
+            .await,
+        "page_token",
+    );
+    // Watching from past the last entry could never see the end of the offering.
+    assert_invalid(
+        client
+            .watch_history(proto::WatchHistoryRequest {
+                offering_id: "deal".into(),
+                after_sequence: 2,
+            })
+            .await,
         "after_sequence",
     );
     // A token of one listing is refused by another.

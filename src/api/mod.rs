@@ -156,6 +156,11 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         traced(rpc_span("ListOfferings", "", ""), async move {
             let limit = validate::page_size(r.page_size)?;
             let after = validate::page_token(OFFERINGS_TOKEN, &r.page_token)?;
+            if let Some(key) = &after {
+                validate::id("page_token", key).map_err(|_| {
+                    ApiError::invalid("page_token", "is not a token this listing returned")
+                })?;
+            }
             // One row past the page tells whether another page follows.
             let mut offerings = self
                 .store
@@ -370,6 +375,16 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             // Subscribe before the first read, so that no commit falls between the two.
             let changes = self.store.changes();
             let offering = self.require_offering(&r.offering_id).await?;
+            // Past the last entry the stream could miss OFFERING_FINALIZED and never end.
+            if r.after_sequence > offering.version {
+                return Err(ApiError::invalid(
+                    "after_sequence",
+                    format!(
+                        "is {}, past the offering's last entry ({})",
+                        r.after_sequence, offering.version
+                    ),
+                ));
+            }
             Ok(watch::spawn(
                 self.store.clone(),
                 offering,

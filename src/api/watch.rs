@@ -69,20 +69,28 @@ enum End {
 
 impl<S: Store> Watcher<S> {
     async fn run(mut self, shutdown: CancellationToken) {
-        let end = loop {
+        // Shutdown interrupts anything, a send to a client that stopped reading included.
+        let end = tokio::select! {
+            end = self.stream() => end,
+            () = shutdown.cancelled() => End::Failed(ApiError::ShuttingDown.into()),
+        };
+        if let End::Failed(status) = end {
+            // Never wait here: a client that reads nothing must not hold the shutdown open.
+            let _ = self.sender.try_send(Err(status));
+        }
+    }
+
+    async fn stream(&mut self) -> End {
+        loop {
             if let Err(end) = self.send_new_entries().await {
-                break end;
+                return end;
             }
             let sender = self.sender.clone();
             tokio::select! {
-                () = shutdown.cancelled() => break End::Failed(ApiError::ShuttingDown.into()),
-                () = sender.closed() => break End::ClientGone,
+                () = sender.closed() => return End::ClientGone,
                 () = self.next_change() => {}
                 () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
-        };
-        if let End::Failed(status) = end {
-            let _ = self.sender.send(Err(status)).await;
         }
     }
 

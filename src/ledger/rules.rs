@@ -164,20 +164,22 @@ impl Batch {
                 }
                 Ok((-cancelled, OfferingStatus::Open))
             }
+            // Status before version: a second close or finalize is told the offering moved on
+            // (final), not to re-read and retry (ABORTED).
             Command::Close { expected_version } => {
-                self.check_version(*expected_version)?;
                 if head.status != OfferingStatus::Open {
                     return Err(not_open());
                 }
+                self.check_version(*expected_version)?;
                 Ok((0, OfferingStatus::Closed))
             }
             Command::Finalize { expected_version } => {
-                self.check_version(*expected_version)?;
                 if head.status != OfferingStatus::Closed {
                     return Err(Rejection::OfferingNotClosed {
                         status: head.status.name(),
                     });
                 }
+                self.check_version(*expected_version)?;
                 Ok((0, OfferingStatus::Finalized))
             }
         }

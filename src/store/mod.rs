@@ -51,10 +51,15 @@ impl From<sqlx::Error> for StoreError {
 }
 
 /// PostgreSQL: SQLSTATE class 08 (connection), 57P (shutdown, restart), 53300 (too many
-/// connections). SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
+/// connections), and the transient refusals 40001/40P01 (serialization, deadlock), 55P03
+/// (lock_timeout) and 57014 (statement_timeout): a retry with the same request_id is safe. SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
-        Some(pg) if pg.len() == 5 => pg.starts_with("08") || pg.starts_with("57P") || pg == "53300",
+        Some(pg) if pg.len() == 5 => {
+            pg.starts_with("08")
+                || pg.starts_with("57P")
+                || matches!(pg, "53300" | "40001" | "40P01" | "55P03" | "57014")
+        }
         Some(sqlite) => sqlite
             .parse::<i32>()
             .is_ok_and(|c| matches!(c & 0xff, 5 | 6)),

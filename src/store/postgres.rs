@@ -45,16 +45,19 @@ impl PgStore {
         // Custom plans, always: a generic plan is made once per connection from the statistics
         // of that moment, and one made while history_entry was small scans it in full forever
         // after (seen as throughput falling with history size). Planning costs ~0.1 ms a query.
-        let options: PgConnectOptions = url
-            .parse::<PgConnectOptions>()?
-            .options([("plan_cache_mode", "force_custom_plan")]);
+        let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([
+            ("plan_cache_mode", "force_custom_plan"),
+            // A head lock held this long means a stuck session: answer UNAVAILABLE (retry with
+            // the same request_id) rather than hold every caller batched with it.
+            ("lock_timeout", "10s"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
-        tokio::spawn(forward_notifications(pool.clone(), changes.clone()));
+        tokio::spawn(forward_notifications(options, changes.downgrade()));
         Ok(Self { pool, changes })
     }
 
@@ -445,31 +448,37 @@ impl Store for PgStore {
     }
 }
 
-/// Turns NOTIFYs from every replica into [`Change`]s, reconnecting for as long as the pool lives.
-async fn forward_notifications(pool: PgPool, changes: broadcast::Sender<Change>) {
+/// Turns NOTIFYs from every replica into [`Change`]s, on a connection of its own (not one of the
+/// pool's, which it would hold forever), reconnecting until the store is dropped.
+async fn forward_notifications(options: PgConnectOptions, changes: broadcast::WeakSender<Change>) {
     loop {
-        if pool.is_closed() {
-            return;
-        }
-        let error = listen(&pool, &changes).await;
+        let error = listen(&options, &changes).await;
+        let Some(error) = error else { return };
         tracing::warn!(%error, "change listener lost its connection; watchers poll until it is back");
         tokio::time::sleep(LISTENER_RETRY).await;
     }
 }
 
-/// Returns only when the listener's connection fails.
-async fn listen(pool: &PgPool, changes: &broadcast::Sender<Change>) -> sqlx::Error {
-    let mut listener = match PgListener::connect_with(pool).await {
+/// Returns when the listener's connection fails, or None once the store is gone.
+async fn listen(
+    options: &PgConnectOptions,
+    changes: &broadcast::WeakSender<Change>,
+) -> Option<sqlx::Error> {
+    // A pool of one for the listener alone.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options.clone());
+    let mut listener = match PgListener::connect_with(&pool).await {
         Ok(listener) => listener,
-        Err(error) => return error,
+        Err(error) => return Some(error),
     };
     if let Err(error) = listener.listen(CHANGE_CHANNEL).await {
-        return error;
+        return Some(error);
     }
     loop {
         let notification = match listener.recv().await {
             Ok(notification) => notification,
-            Err(error) => return error,
+            Err(error) => return Some(error),
         };
         let Some((version, offering_id)) = notification.payload().split_once(':') else {
             continue;
@@ -477,6 +486,7 @@ async fn listen(pool: &PgPool, changes: &broadcast::Sender<Change>) -> sqlx::Err
         let Ok(version) = version.parse() else {
             continue;
         };
+        let changes = changes.upgrade()?;
         let _ = changes.send(Change {
             offering_id: Arc::from(offering_id),
             version,
