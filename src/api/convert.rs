@@ -1,6 +1,6 @@
 //! Domain -> protobuf, at the edge and nowhere else.
 
-use crate::ledger::{Entry, EntryKind, Offering, OfferingStatus, Position, Timestamp};
+use crate::ledger::{Applied, Entry, EntryKind, Offering, OfferingStatus, Position, Timestamp};
 use crate::proto;
 
 pub fn timestamp(time: Timestamp) -> prost_types::Timestamp {
@@ -65,4 +65,21 @@ pub fn entry(entry: Entry) -> proto::HistoryEntry {
         request_id: entry.request_id,
         record_time: Some(timestamp(entry.record_time)),
     }
+}
+
+/// The parts of a SubscribeResponse or CancelResponse (same fields, two message types).
+pub fn applied(
+    applied: Applied,
+) -> (
+    Option<proto::HistoryEntry>,
+    Option<proto::Offering>,
+    Option<proto::Position>,
+    bool,
+) {
+    (
+        Some(entry(applied.entry)),
+        Some(offering(applied.offering)),
+        applied.position.map(position),
+        applied.replayed,
+    )
 }

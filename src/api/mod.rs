@@ -54,6 +54,27 @@ impl<S: Store> LedgerService<S> {
         Ok(self.committer.submit(offering_id, request).await???)
     }
 
+    /// CloseOffering and FinalizeOffering: the same request, a different command.
+    async fn change_status(
+        &self,
+        method: &'static str,
+        offering_id: String,
+        expected_version: i64,
+        request_id: String,
+        command: fn(i64) -> Command,
+    ) -> Result<Response<proto::Offering>, Status> {
+        traced(rpc_span(method, &offering_id, &request_id), async move {
+            validate::id("offering_id", &offering_id)?;
+            validate::not_negative("expected_version", expected_version)?;
+            let request_id = validate::id_or_new("request_id", request_id)?;
+            let applied = self
+                .mutate(&offering_id, request_id, command(expected_version))
+                .await?;
+            Ok(convert::offering(applied.offering))
+        })
+        .await
+    }
+
     async fn require_offering(&self, offering_id: &str) -> Result<ledger::Offering, ApiError> {
         self.store.get_offering(offering_id).await?.ok_or_else(|| {
             ledger::Rejection::OfferingNotFound {
@@ -187,21 +208,13 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::CloseOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
         let r = request.into_inner();
-        traced(
-            rpc_span("CloseOffering", &r.offering_id, &r.request_id),
-            async move {
-                validate::id("offering_id", &r.offering_id)?;
-                validate::not_negative("expected_version", r.expected_version)?;
-                let request_id = validate::id_or_new("request_id", r.request_id)?;
-                let command = Command::Close {
-                    expected_version: r.expected_version,
-                };
-                Ok(convert::offering(
-                    self.mutate(&r.offering_id, request_id, command)
-                        .await?
-                        .offering,
-                ))
-            },
+        let close = |expected_version| Command::Close { expected_version };
+        self.change_status(
+            "CloseOffering",
+            r.offering_id,
+            r.expected_version,
+            r.request_id,
+            close,
         )
         .await
     }
@@ -211,21 +224,13 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::FinalizeOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
         let r = request.into_inner();
-        traced(
-            rpc_span("FinalizeOffering", &r.offering_id, &r.request_id),
-            async move {
-                validate::id("offering_id", &r.offering_id)?;
-                validate::not_negative("expected_version", r.expected_version)?;
-                let request_id = validate::id_or_new("request_id", r.request_id)?;
-                let command = Command::Finalize {
-                    expected_version: r.expected_version,
-                };
-                Ok(convert::offering(
-                    self.mutate(&r.offering_id, request_id, command)
-                        .await?
-                        .offering,
-                ))
-            },
+        let finalize = |expected_version| Command::Finalize { expected_version };
+        self.change_status(
+            "FinalizeOffering",
+            r.offering_id,
+            r.expected_version,
+            r.request_id,
+            finalize,
         )
         .await
     }
@@ -247,11 +252,12 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     units: r.units,
                 };
                 let applied = self.mutate(&r.offering_id, r.request_id, command).await?;
+                let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::SubscribeResponse {
-                    entry: Some(convert::entry(applied.entry)),
-                    offering: Some(convert::offering(applied.offering)),
-                    position: applied.position.map(convert::position),
-                    replayed: applied.replayed,
+                    entry,
+                    offering,
+                    position,
+                    replayed,
                 })
             },
         )
@@ -275,11 +281,12 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     units: r.units,
                 };
                 let applied = self.mutate(&r.offering_id, r.request_id, command).await?;
+                let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::CancelResponse {
-                    entry: Some(convert::entry(applied.entry)),
-                    offering: Some(convert::offering(applied.offering)),
-                    position: applied.position.map(convert::position),
-                    replayed: applied.replayed,
+                    entry,
+                    offering,
+                    position,
+                    replayed,
                 })
             },
         )
