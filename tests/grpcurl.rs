@@ -22,6 +22,16 @@ fn grpcurl(args: &[&str]) -> String {
     stdout
 }
 
+/// Runs a call that must fail; returns what grpcurl printed about the error.
+fn grpcurl_error(args: &[&str]) -> String {
+    let output = Command::new("grpcurl")
+        .args(args)
+        .output()
+        .expect("run grpcurl");
+    assert!(!output.status.success(), "grpcurl {args:?} should fail");
+    String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
+}
+
 fn grpcurl_installed() -> bool {
     let found = Command::new("grpcurl")
         .arg("-version")
@@ -101,6 +111,24 @@ async fn grpcurl_lists_describes_and_subscribes() {
     assert_eq!(reply["entry"]["sequence"], "2");
     assert_eq!(reply["entry"]["kind"], "SUBSCRIBED");
     assert_eq!(reply["offering"]["remainingUnits"], "950");
+    // Reflection also describes google.rpc's error details: grpcurl decodes the reason.
+    let over_cap = args(&[
+        "-plaintext",
+        "-d",
+        r#"{"offering_id":"tower-7","investor_id":"alice","units":51,"request_id":"sub-2"}"#,
+        address,
+        "subledger.v1.SubscriptionLedger/Subscribe",
+    ]);
+    let error = tokio::task::spawn_blocking(move || {
+        grpcurl_error(&over_cap.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(
+        error.contains("FailedPrecondition")
+            && error.contains(r#""reason":"INVESTOR_CAP_EXCEEDED""#),
+        "{error}"
+    );
     let health = run(args(&[
         "-plaintext",
         address,
