@@ -378,18 +378,29 @@ impl Store for SqliteStore {
     }
 
     async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
-        let rows: Vec<EntryRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM history_entry WHERE offering_id = ?1 AND (?2 IS NULL OR investor_id = ?2) AND sequence > ?3 \
-              ORDER BY sequence LIMIT ?4"
-        ))
-        .bind(query.offering_id)
-        .bind(query.investor_id)
-        .bind(query.after_sequence)
-        .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
-        .await?;
+        // Two statements, not one with "?4 IS NULL OR ...": SQLite plans a statement once, and
+        // would then walk the whole offering's history for one investor's page.
+        let sql = match query.investor_id {
+            None => concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
+            ),
+            Some(_) => concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry INDEXED BY history_entry_by_investor \
+                  WHERE offering_id = ?1 AND sequence > ?2 AND investor_id = ?4 ORDER BY sequence LIMIT ?3"
+            ),
+        };
+        let mut select = sqlx::query_as(sql)
+            .bind(query.offering_id)
+            .bind(query.after_sequence)
+            .bind(i64::from(query.limit));
+        if let Some(investor_id) = query.investor_id {
+            select = select.bind(investor_id);
+        }
+        let rows: Vec<EntryRow> = select.fetch_all(&self.pool).await?;
         into_entries(rows)
     }
 
