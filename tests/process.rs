@@ -272,3 +272,76 @@ async fn migrate_creates_the_embedded_database() {
             .0
     );
 }
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = free_address();
+    let child = Command::new(BINARY)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            &address.to_string(),
+        ])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "subledger=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let server = ServerProcess { child, address };
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("logged", 10, 0))
+        .await
+        .unwrap();
+    client
+        .subscribe(subscribe("logged", "alice", 4, "req-ok"))
+        .await
+        .unwrap();
+    client
+        .subscribe(subscribe("logged", "bob", 7, "req-over"))
+        .await
+        .unwrap_err();
+    server.signal("-TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), server.child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"))
+        })
+        .collect();
+    let call = |request_id: &str| {
+        lines
+            .iter()
+            .find(|l| l["span"]["request_id"] == request_id && l["span"]["method"] == "Subscribe")
+            .unwrap_or_else(|| panic!("no log line for {request_id}"))
+            .clone()
+    };
+    let ok = call("req-ok");
+    assert_eq!(
+        (ok["level"].as_str(), ok["fields"]["code"].as_str()),
+        (Some("DEBUG"), Some("Ok")),
+        "{ok}"
+    );
+    assert_eq!(ok["span"]["offering_id"], "logged");
+    assert!(ok["fields"]["latency_us"].as_u64().is_some(), "{ok}");
+    let refused = call("req-over");
+    assert_eq!(
+        (
+            refused["level"].as_str(),
+            refused["fields"]["code"].as_str()
+        ),
+        (Some("INFO"), Some("FailedPrecondition")),
+        "{refused}"
+    );
+}

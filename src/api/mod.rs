@@ -101,7 +101,7 @@ async fn traced<T>(
     let _entered = span.enter();
     match result {
         Ok(reply) => {
-            tracing::debug!(code = "OK", latency_us, "call finished");
+            tracing::debug!(code = ?tonic::Code::Ok, latency_us, "call finished");
             Ok(Response::new(reply))
         }
         Err(error) => {
