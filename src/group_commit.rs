@@ -121,20 +121,18 @@ impl<S: Store> GroupCommitter<S> {
             };
             guard.taken = work.iter().map(|item| item.offering_id.clone()).collect();
             match self.store.apply(&work).await {
-                Ok(results) => {
-                    debug_assert_eq!(results.len(), replies.len());
-                    for (offering_replies, offering_results) in replies.into_iter().zip(results) {
-                        for (reply, result) in offering_replies.into_iter().zip(offering_results) {
-                            let _ = reply.send(Ok(result));
+                Ok(results) => answer(replies, results),
+                // One offering's trouble (a head locked elsewhere past lock_timeout, say) must
+                // not fail the others that shared its transaction: try each on its own.
+                Err(error) if work.len() > 1 && error.may_concern_one_offering() => {
+                    for (item, offering_replies) in work.iter().zip(replies) {
+                        match self.store.apply(std::slice::from_ref(item)).await {
+                            Ok(results) => answer(vec![offering_replies], results),
+                            Err(error) => fail(offering_replies, error),
                         }
                     }
                 }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for reply in replies.into_iter().flatten() {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+                Err(error) => fail(replies.into_iter().flatten().collect(), error),
             }
         }
         guard.taken.clear();
@@ -186,6 +184,24 @@ impl<S: Store> GroupCommitter<S> {
             return None;
         }
         Some((work, replies))
+    }
+}
+
+/// Sends each request its result, offering by offering.
+fn answer(replies: Vec<Vec<oneshot::Sender<Outcome>>>, results: crate::ledger::Results) {
+    debug_assert_eq!(results.len(), replies.len());
+    for (offering_replies, offering_results) in replies.into_iter().zip(results) {
+        for (reply, result) in offering_replies.into_iter().zip(offering_results) {
+            let _ = reply.send(Ok(result));
+        }
+    }
+}
+
+/// Tells every request of a failed transaction why.
+fn fail(replies: Vec<oneshot::Sender<Outcome>>, error: StoreError) {
+    let error = Arc::new(error);
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 

@@ -357,3 +357,57 @@ backend_tests!(
     concurrent_finalize_succeeds_exactly_once,
     concurrent_creates_of_one_offering_agree,
 );
+
+/// PostgreSQL only (SQLite has no row locks): an offering whose head another session holds
+/// fails alone, after lock_timeout (10 s), even when it shared a transaction with others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_a_stuck_head_fails_only_its_own_offering() {
+    use sqlx::Connection;
+    let Some(db) = TestDb::new(common::Backend::Postgres).await else {
+        return;
+    };
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    for id in ["stuck-1", "stuck-2", "stuck-3", "free-a", "free-b"] {
+        client.create_offering(offering(id, 100, 0)).await.unwrap();
+    }
+    let mut blocker = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT 1 FROM offering_head WHERE offering_id LIKE 'stuck-%' FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let call = |offering_id: &'static str| {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            client
+                .subscribe(subscribe(offering_id, "alice", 1, offering_id))
+                .await
+        })
+    };
+    // Both transactions a replica runs at once wait on stuck-1 and stuck-2; the next three
+    // calls queue, and then share one transaction, which waits on stuck-3.
+    let stuck_1 = call("stuck-1");
+    let stuck_2 = call("stuck-2");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stuck_3 = call("stuck-3");
+    let free_a = call("free-a");
+    let free_b = call("free-b");
+    for free in [free_a, free_b] {
+        let reply = free
+            .await
+            .unwrap()
+            .expect("an offering nobody holds succeeds");
+        assert!(!reply.into_inner().replayed);
+    }
+    for stuck in [stuck_1, stuck_2, stuck_3] {
+        let status = stuck.await.unwrap().unwrap_err();
+        assert_eq!(
+            (status.code(), reason(&status).as_str()),
+            (Code::Unavailable, "DATABASE_UNAVAILABLE")
+        );
+    }
+    drop(blocker);
+    assert_ledger_consistent(&mut client, "free-a").await;
+}

@@ -50,6 +50,26 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl StoreError {
+    /// True when the failure may be one offering's alone (a head locked elsewhere past
+    /// lock_timeout, a deadlock, a constraint), so that the other offerings of the transaction
+    /// can succeed on their own. False when the database itself is out of reach or busy: then
+    /// every transaction would wait for the same timeout again.
+    pub fn may_concern_one_offering(&self) -> bool {
+        use sqlx::Error as E;
+        match self {
+            Self::Unavailable(E::Database(db)) => {
+                matches!(
+                    db.code().as_deref(),
+                    Some("55P03" | "40P01" | "40001" | "57014")
+                )
+            }
+            Self::Unavailable(_) => false,
+            Self::Database(_) | Self::Corrupt(_) => true,
+        }
+    }
+}
+
 /// PostgreSQL: SQLSTATE class 08 (connection), 57P (shutdown, restart), 53300 (too many
 /// connections), and the transient refusals 40001/40P01 (serialization, deadlock), 55P03
 /// (lock_timeout) and 57014 (statement_timeout): a retry with the same request_id is safe. SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
