@@ -166,7 +166,51 @@ async fn acknowledged_subscribes_survive_kill_9(db: TestDb) {
     assert!(status.success(), "{status:?}");
 }
 
-backend_tests!(acknowledged_subscribes_survive_kill_9);
+/// Two server processes on one database (for SQLite: one file, serialized by its file lock),
+/// started together (so migrating together), loaded together: caps hold and the ledger verifies.
+async fn two_processes_on_one_database_stay_exact(db: TestDb) {
+    const CALLS: usize = 300;
+    let servers = [
+        ServerProcess::start(&db.url, free_address()).await,
+        ServerProcess::start(&db.url, free_address()).await,
+    ];
+    let clients = [servers[0].client().await, servers[1].client().await];
+    clients[0]
+        .clone()
+        .create_offering(offering("shared", 500, 25))
+        .await
+        .unwrap();
+    let calls = (0..CALLS).map(|k| {
+        let mut client = clients[k % 2].clone();
+        tokio::spawn(async move {
+            let investor = format!("investor-{}", k % 30);
+            client
+                .subscribe(subscribe(
+                    "shared",
+                    &investor,
+                    1 + (k % 5) as i64,
+                    &format!("r-{k}"),
+                ))
+                .await
+        })
+    });
+    let mut accepted = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.unwrap() {
+            Ok(reply) => accepted += reply.into_inner().entry.unwrap().units_delta,
+            Err(status) => assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let mut client = clients[1].clone();
+    let entries = assert_ledger_consistent(&mut client, "shared").await;
+    assert_eq!(entries.last().unwrap().offering_units_after, accepted);
+    assert!((400..=500).contains(&accepted), "sold {accepted} of 500");
+}
+
+backend_tests!(
+    acknowledged_subscribes_survive_kill_9,
+    two_processes_on_one_database_stay_exact
+);
 
 /// Runs the binary to completion; returns its exit success and stderr's non-empty lines.
 async fn run_binary(args: &[&str]) -> (bool, Vec<String>) {
