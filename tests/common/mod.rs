@@ -98,6 +98,11 @@ impl TestDb {
 
     /// Starts a server (its own pool: a separate replica) on an ephemeral port.
     pub async fn start_server(&self) -> TestServer {
+        self.start_server_via(&self.url).await
+    }
+
+    /// Starts a server that reaches the database through `url` (PostgreSQL: e.g. a proxy).
+    pub async fn start_server_via(&self, url: &str) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -106,7 +111,7 @@ impl TestDb {
         let token = shutdown.clone();
         let task = match self.backend {
             Backend::Postgres => {
-                let store = subledger::cli::open_postgres(&self.url, 16)
+                let store = subledger::cli::open_postgres(url, 16)
                     .await
                     .expect("open PostgreSQL store");
                 tokio::spawn(async move {
