@@ -264,14 +264,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections ordered target by target within each round ([t1, t2, t3, t1, t2, t3, ...]), so
+/// that worker w, which uses connection w % len, loads target w % targets: every replica gets
+/// the same share of the calls in flight, whatever --concurrency is.
 async fn connect(targets: &[String]) -> anyhow::Result<Vec<Client>> {
-    let mut clients = Vec::new();
+    let mut endpoints = Vec::new();
     for target in targets {
         let endpoint = Endpoint::from_shared(target.clone())
             .with_context(|| format!("bad --target {target:?}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5));
-        for _ in 0..CONNECTIONS_PER_TARGET {
+        endpoints.push((target, endpoint));
+    }
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS_PER_TARGET {
+        for (target, endpoint) in &endpoints {
             let channel = endpoint
                 .connect()
                 .await
