@@ -25,8 +25,9 @@ pub const BATCH_REQUESTS_MAX: usize = 256;
 /// Requests queued for one offering at most; past it a call is refused (RESOURCE_EXHAUSTED)
 /// rather than queued behind seconds of work.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * BATCH_REQUESTS_MAX;
-/// Transactions in flight at once per process. Each holds a pooled connection; past a few,
-/// more only add contention on the database's CPUs.
+/// Transactions in flight at once per process. Fewer in flight means larger batches: spread
+/// over 1,000 offerings with 3 replicas, 8 measured 0.86x the pgbench reference and 2 measured
+/// 2.07x (BENCHMARKS.md). Two, not one, so that a slow transaction does not stall the replica.
 pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 2;
 
 /// One request's outcome: applied or rejected by a rule, or its transaction failed as a whole.
