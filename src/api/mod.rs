@@ -85,8 +85,19 @@ impl<S: Store> LedgerService<S> {
     }
 }
 
+/// The ids are logged before they are validated, so they are cut to a valid id's length: a
+/// caller cannot write megabytes into the log with one request.
 fn rpc_span(method: &'static str, offering_id: &str, request_id: &str) -> tracing::Span {
-    tracing::info_span!("rpc", method, offering_id, request_id)
+    tracing::info_span!(
+        "rpc",
+        method,
+        offering_id = cut_for_log(offering_id),
+        request_id = cut_for_log(request_id)
+    )
+}
+
+fn cut_for_log(id: &str) -> &str {
+    &id[..id.floor_char_boundary(ledger::limits::ID_CHARS_MAX + 1)]
 }
 
 /// Runs one call inside its span and logs how it ended: successes at DEBUG, refusals at INFO,

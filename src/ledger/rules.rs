@@ -105,10 +105,6 @@ impl Batch {
         }
     }
 
-    pub fn head(&self) -> &Offering {
-        &self.head
-    }
-
     /// Validates `request` against the running state and, if accepted, records its effect.
     pub fn apply(&mut self, request: &Request) -> Result<Applied, Rejection> {
         if let Some(entry) = self.recorded.get(&request.request_id) {

@@ -119,9 +119,6 @@ pub struct HistoryQuery<'a> {
 
 /// The storage a subledger server runs on.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// "postgres" or "sqlite", for logs.
-    fn backend(&self) -> &'static str;
-
     /// Answers when the database does (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 

@@ -67,10 +67,6 @@ impl PgStore {
         MIGRATOR.run(&self.pool).await
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Lock order: the head row first, always (the only row lock any transaction takes
     /// explicitly; position rows are only written while it is held).
     async fn lock_head(
@@ -260,10 +256,6 @@ impl PgStore {
 }
 
 impl Store for PgStore {
-    fn backend(&self) -> &'static str {
-        "postgres"
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -87,10 +87,6 @@ impl SqliteStore {
         result
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     async fn load_batch_inputs(
         tx: &mut Transaction<'static, Sqlite>,
         offering_id: &str,
@@ -217,10 +213,6 @@ async fn insert_entry(
 }
 
 impl Store for SqliteStore {
-    fn backend(&self) -> &'static str {
-        "sqlite"
-    }
-
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
