@@ -320,6 +320,18 @@ async fn create_offerings(
     Ok(ids)
 }
 
+/// The calls a worker makes.
+enum Call {
+    Subscribe {
+        units: i64,
+    },
+    /// Everything the investor holds.
+    Cancel,
+    GetOffering,
+    /// The first page of 20.
+    ListHistory,
+}
+
 /// One worker: calls back to back until the plan says stop.
 async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
     let mut tally = Tally::new();
@@ -336,74 +348,57 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
             plan.offering_ids[(random() % plan.offering_ids.len() as u64) as usize].clone();
         let investor_id = format!("investor-{}", random() % INVESTORS);
         let request_id = format!("{}-{call}", plan.run_id);
+        let units = 1 + (random() % 10) as i64;
+        let call = match plan.scenario {
+            Scenario::Hot | Scenario::Spread => Call::Subscribe { units },
+            Scenario::Sellout => Call::Subscribe { units: 1 },
+            Scenario::Mixed => match random() % 10 {
+                0..=4 => Call::Subscribe { units },
+                // Cancels of investors who hold nothing are refused; that is part of the mix.
+                5 => Call::Cancel,
+                6..=8 => Call::GetOffering,
+                _ => Call::ListHistory,
+            },
+        };
         let started = Instant::now();
-        let (method, code) = match plan.scenario {
-            Scenario::Hot | Scenario::Spread => {
-                let units = 1 + (random() % 10) as i64;
-                let code = code_of(
-                    client
-                        .subscribe(proto::SubscribeRequest {
-                            offering_id,
-                            investor_id,
-                            units,
-                            request_id,
-                        })
-                        .await,
-                );
-                ("Subscribe", code)
-            }
-            Scenario::Sellout => {
+        let (method, code) = match call {
+            Call::Subscribe { units } => {
                 let request = proto::SubscribeRequest {
                     offering_id,
                     investor_id,
-                    units: 1,
+                    units,
                     request_id,
                 };
-                let code = code_of(client.subscribe(request).await);
-                if code == tonic::Code::FailedPrecondition && tally.sold_out_at.is_none() {
-                    tally.sold_out_at = Some(Instant::now());
-                }
-                ("Subscribe", code)
+                ("Subscribe", code_of(client.subscribe(request).await))
             }
-            Scenario::Mixed => match random() % 10 {
-                0..=4 => {
-                    let units = 1 + (random() % 10) as i64;
-                    let code = code_of(
-                        client
-                            .subscribe(proto::SubscribeRequest {
-                                offering_id,
-                                investor_id,
-                                units,
-                                request_id,
-                            })
-                            .await,
-                    );
-                    ("Subscribe", code)
-                }
-                5 => {
-                    // Cancels of investors who hold nothing are refused; that is part of the mix.
-                    let request = proto::CancelRequest {
-                        offering_id,
-                        investor_id,
-                        units: 0,
-                        request_id,
-                    };
-                    ("Cancel", code_of(client.cancel(request).await))
-                }
-                6..=8 => {
-                    let request = proto::GetOfferingRequest { offering_id };
-                    ("GetOffering", code_of(client.get_offering(request).await))
-                }
-                _ => {
-                    let request = proto::ListHistoryRequest {
-                        offering_id,
-                        page_size: 20,
-                        ..Default::default()
-                    };
-                    ("ListHistory", code_of(client.list_history(request).await))
-                }
-            },
+            Call::Cancel => {
+                let request = proto::CancelRequest {
+                    offering_id,
+                    investor_id,
+                    units: 0,
+                    request_id,
+                };
+                ("Cancel", code_of(client.cancel(request).await))
+            }
+            Call::GetOffering => {
+                let request = proto::GetOfferingRequest { offering_id };
+                ("GetOffering", code_of(client.get_offering(request).await))
+            }
+            Call::ListHistory => {
+                let request = proto::ListHistoryRequest {
+                    offering_id,
+                    page_size: 20,
+                    ..Default::default()
+                };
+                ("ListHistory", code_of(client.list_history(request).await))
+            }
         };
+        if plan.scenario == Scenario::Sellout
+            && code == tonic::Code::FailedPrecondition
+            && tally.sold_out_at.is_none()
+        {
+            tally.sold_out_at = Some(Instant::now());
+        }
         tally.record(method, started, code);
         plan.calls_done.fetch_add(1, Ordering::Relaxed);
     }
