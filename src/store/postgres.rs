@@ -226,7 +226,7 @@ impl PgStore {
              FROM UNNEST($16::text[], $17::bigint[], $18::bigint[], $19::smallint[], $20::bigint[], $21::timestamptz[]) \
                 AS v (offering_id, subscribed_units, investor_count, status, version, update_time) \
              WHERE h.offering_id = v.offering_id \
-             RETURNING (SELECT count(*) FROM appended), pg_notify('subledger_history', v.version::text || ':' || v.offering_id)",
+             RETURNING (SELECT count(*) FROM appended), pg_notify($22, v.version::text || ':' || v.offering_id)",
         )
         .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
@@ -249,6 +249,7 @@ impl PgStore {
         .bind(heads.iter().map(|h| h.status as i16).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.version).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.update_time).collect::<Vec<_>>())
+        .bind(CHANGE_CHANNEL)
         .fetch_all(&mut **tx)
         .await?;
         Ok(appended.first().copied().unwrap_or(0) as usize)
