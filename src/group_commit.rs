@@ -136,7 +136,6 @@ impl<S: Store> GroupCommitter<S> {
                 Err(error) => fail(replies.into_iter().flatten().collect(), error),
             }
         }
-        guard.taken.clear();
     }
 
     /// Marks the offerings of the last transaction done, then takes up to BATCH_REQUESTS_MAX

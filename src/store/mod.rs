@@ -58,27 +58,31 @@ impl StoreError {
     pub fn may_concern_one_offering(&self) -> bool {
         use sqlx::Error as E;
         match self {
-            Self::Unavailable(E::Database(db)) => {
-                matches!(
-                    db.code().as_deref(),
-                    Some("55P03" | "40P01" | "40001" | "57014")
-                )
-            }
+            Self::Unavailable(E::Database(db)) => db
+                .code()
+                .is_some_and(|code| is_refusal_of_one_transaction(&code)),
             Self::Unavailable(_) => false,
             Self::Database(_) | Self::Corrupt(_) => true,
         }
     }
 }
 
+/// PostgreSQL SQLSTATEs that refuse one transaction, not the database: 40001/40P01
+/// (serialization, deadlock), 55P03 (lock_timeout), 57014 (statement_timeout).
+fn is_refusal_of_one_transaction(code: &str) -> bool {
+    matches!(code, "40001" | "40P01" | "55P03" | "57014")
+}
+
 /// PostgreSQL: SQLSTATE class 08 (connection), 57P (shutdown, restart), 53300 (too many
-/// connections), and the transient refusals 40001/40P01 (serialization, deadlock), 55P03
-/// (lock_timeout) and 57014 (statement_timeout): a retry with the same request_id is safe. SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
+/// connections), and the refusals of one transaction above: a retry with the same request_id is
+/// safe. SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
         Some(pg) if pg.len() == 5 => {
             pg.starts_with("08")
                 || pg.starts_with("57P")
-                || matches!(pg, "53300" | "40001" | "40P01" | "55P03" | "57014")
+                || pg == "53300"
+                || is_refusal_of_one_transaction(pg)
         }
         Some(sqlite) => sqlite
             .parse::<i32>()
