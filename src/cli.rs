@@ -1,14 +1,20 @@
-//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`. Flags fall back to environment variables.
+//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`, `subledger token`.
+//! Flags fall back to environment variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::ServiceLimits;
+use crate::api::auth::{Authenticator, Role, check_principal_name, new_token};
+use crate::server::{ConnectionLimits, ServerConfig};
 use crate::store::{PgStore, SqliteStore, Store};
 use crate::telemetry::{self, LogFormat};
 
@@ -43,15 +49,94 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Load a running server (or several replicas) and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Bearer tokens for the auth file.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Print a fresh random 256-bit token, and the auth-file block that holds its SHA-256.
+    New {
+        /// The principal's name, recorded as the actor of what it does.
+        #[arg(long)]
+        name: String,
+        /// Its roles: reader, subscriber, operator (repeat or separate with commas).
+        #[arg(long = "role", value_delimiter = ',', required = true, value_parser = parse_role)]
+        roles: Vec<Role>,
+    },
 }
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Without --auth-file only a loopback address is allowed, unless
+    /// --allow-anonymous says otherwise.
     #[arg(long, env = "SUBLEDGER_LISTEN", default_value = "127.0.0.1:50051")]
     listen: SocketAddr,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, env = "SUBLEDGER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SUBLEDGER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate signed by this CA (PEM).
+    #[arg(long, env = "SUBLEDGER_TLS_CLIENT_CA", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Principals and their roles (TOML); re-read on SIGHUP. Without it every caller is
+    /// "anonymous" and may call everything.
+    #[arg(long, env = "SUBLEDGER_AUTH_FILE")]
+    auth_file: Option<PathBuf>,
+    /// Serve without authentication on a non-loopback address (logged as a warning).
+    #[arg(long, env = "SUBLEDGER_ALLOW_ANONYMOUS")]
+    allow_anonymous: bool,
+    /// Client connections open at once; past it new ones are closed at once.
+    #[arg(
+        long,
+        env = "SUBLEDGER_MAX_CLIENT_CONNECTIONS",
+        default_value_t = 10_000
+    )]
+    max_client_connections: usize,
+    /// A connection that sends nothing for this long is closed (10s, 500ms, 2m; bare = seconds).
+    /// Live clients answer the PINGs the server sends after a third of it.
+    #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// WatchHistory streams open at once on this process.
+    #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = 1_000)]
+    max_watch_streams: usize,
     #[command(flatten)]
     database: DatabaseArgs,
+}
+
+fn parse_role(name: &str) -> Result<Role, String> {
+    Role::parse(name)
+        .ok_or_else(|| format!("{name:?} is not a role: reader, subscriber or operator"))
+}
+
+/// A duration as `10s`, `500ms`, `2m` or `1h`; a bare number means seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration: expected e.g. 10s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 #[derive(Args)]
@@ -118,6 +203,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::Token(TokenCommand::New { name, roles }) => print_new_token(&name, &roles),
         Command::Migrate(args) => match args.database()? {
             Database::Postgres(url) => {
                 let store = open_postgres(&url, args.max_connections).await?;
@@ -136,33 +222,124 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.database.database()?;
+    let config = server_config(&args)?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(reload_on_hangup(config.authenticator.clone()));
+    let tls = args.tls_cert.is_some();
+    let mutual_tls = args.tls_client_ca.is_some();
     match database {
         Database::Postgres(url) => {
             let store = open_postgres(&url, args.database.max_connections).await?;
-            tracing::info!(%address, backend = "postgres", database = %describe_pg(&url), "subledger serving");
-            serve_until_shutdown(store, listener, shutdown).await
+            tracing::info!(%address, backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
+            serve_until_shutdown(store, listener, config, shutdown).await
         }
         Database::Sqlite(path) => {
             let store = open_sqlite(&path).await?;
-            tracing::info!(%address, backend = "sqlite", path = %path.display(), "subledger serving");
-            serve_until_shutdown(store, listener, shutdown).await
+            tracing::info!(%address, backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
+            serve_until_shutdown(store, listener, config, shutdown).await
         }
     }
+}
+
+/// TLS, principals and limits from the flags, and the refusal to serve anyone on the network
+/// anonymously unless told to.
+fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
+    let exposed = !args.listen.ip().is_loopback();
+    let authenticator = match &args.auth_file {
+        Some(path) => {
+            let authenticator = Authenticator::from_file(path)?;
+            if exposed && args.tls_cert.is_none() {
+                tracing::warn!(listen = %args.listen, "--auth-file without --tls-cert on a non-loopback address: bearer tokens travel in clear");
+            }
+            authenticator
+        }
+        None if exposed && !args.allow_anonymous => bail!(
+            "refusing to serve {} without authentication: pass --auth-file PATH, or --allow-anonymous to let anyone who can connect call everything",
+            args.listen
+        ),
+        None => {
+            if args.allow_anonymous {
+                tracing::warn!(listen = %args.listen, "--allow-anonymous: every caller may call every RPC, recorded as \"anonymous\"");
+            }
+            Authenticator::disabled()
+        }
+    };
+    Ok(ServerConfig {
+        tls: tls_config(args)?,
+        authenticator: Arc::new(authenticator),
+        connections: ConnectionLimits {
+            max_connections: args.max_client_connections,
+            idle_timeout: args.idle_timeout,
+        },
+        service: ServiceLimits {
+            max_watch_streams: args.max_watch_streams,
+        },
+    })
+}
+
+fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &args.tls_client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
 }
 
 async fn serve_until_shutdown<S: Store>(
     store: S,
     listener: TcpListener,
+    config: ServerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::server::serve(store, listener, shutdown).await?;
+    crate::server::serve(store, listener, config, shutdown).await?;
     tracing::info!("subledger stopped");
+    Ok(())
+}
+
+/// SIGHUP re-reads the auth file; one that does not load leaves the principals as they were.
+async fn reload_on_hangup(authenticator: Arc<Authenticator>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    if !authenticator.is_enabled() {
+        return;
+    }
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the auth file is read only at start-up");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match authenticator.reload() {
+            Ok(principals) => tracing::info!(principals, "auth file reloaded"),
+            Err(error) => {
+                tracing::error!(%error, "auth file not reloaded: the principals loaded before stay in force");
+            }
+        }
+    }
+}
+
+fn print_new_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {
+    check_principal_name(name).map_err(anyhow::Error::msg)?;
+    let (token, digest) = new_token()
+        .map_err(|error| anyhow::anyhow!("no randomness from the operating system: {error}"))?;
+    let roles: Vec<String> = roles.iter().map(|r| format!("{:?}", r.name())).collect();
+    println!("# The token, for the caller only (send it as \"authorization: Bearer <token>\"):");
+    println!("# {token}");
+    println!("# The block for the auth file, which holds only the token's SHA-256:");
+    println!("[[principal]]");
+    println!("name = {name:?}");
+    println!("roles = [{}]", roles.join(", "));
+    println!("token_sha256 = \"{digest}\"");
     Ok(())
 }
 

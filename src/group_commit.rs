@@ -25,6 +25,10 @@ pub const BATCH_REQUESTS_MAX: usize = 256;
 /// Requests queued for one offering at most; past it a call is refused (RESOURCE_EXHAUSTED)
 /// rather than queued behind seconds of work.
 pub const QUEUE_REQUESTS_MAX: usize = 16 * BATCH_REQUESTS_MAX;
+/// Requests queued over all offerings at most, per process: bounds the memory that callers
+/// spread over many offerings can pin while the database is slow (each holds its request and
+/// its gRPC call). Four offerings' worth of full queues.
+pub const QUEUED_REQUESTS_TOTAL_MAX: usize = 4 * QUEUE_REQUESTS_MAX;
 /// Transactions in flight at once per process. Fewer in flight means larger batches: spread
 /// over 1,000 offerings with 3 replicas, 8 measured 0.86x the pgbench reference and 2 measured
 /// 2.07x (BENCHMARKS.md). Two, not one, so that a slow transaction does not stall the replica.
@@ -33,10 +37,23 @@ pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 2;
 /// One request's outcome: applied or rejected by a rule, or its transaction failed as a whole.
 pub type Outcome = Result<Result<Applied, Rejection>, Arc<StoreError>>;
 
+/// Which queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueScope {
+    /// This offering's, on this process.
+    Offering,
+    /// This process's, over all offerings.
+    Replica,
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("{queued} requests are already queued for this offering")]
+#[error("{limit} requests are already queued {}; retry later", match .scope {
+    QueueScope::Offering => "for this offering on this replica",
+    QueueScope::Replica => "on this replica",
+})]
 pub struct QueueFull {
-    pub queued: usize,
+    pub scope: QueueScope,
+    pub limit: usize,
 }
 
 struct Pending {
@@ -54,6 +71,8 @@ struct State {
     ready: VecDeque<Arc<str>>,
     /// Offerings in a transaction now; their newer requests wait for the next one.
     in_flight: HashSet<Arc<str>>,
+    /// Requests in `queued`, over all offerings.
+    queued_total: usize,
     workers: usize,
 }
 
@@ -77,10 +96,19 @@ impl<S: Store> GroupCommitter<S> {
         let (reply, outcome) = oneshot::channel();
         let start_worker = {
             let mut state = lock(&self.state);
-            let queue_len = state.queued.get(offering_id).map_or(0, Vec::len);
-            if queue_len >= QUEUE_REQUESTS_MAX {
-                return Err(QueueFull { queued: queue_len });
+            if state.queued_total >= QUEUED_REQUESTS_TOTAL_MAX {
+                return Err(QueueFull {
+                    scope: QueueScope::Replica,
+                    limit: QUEUED_REQUESTS_TOTAL_MAX,
+                });
             }
+            if state.queued.get(offering_id).map_or(0, Vec::len) >= QUEUE_REQUESTS_MAX {
+                return Err(QueueFull {
+                    scope: QueueScope::Offering,
+                    limit: QUEUE_REQUESTS_MAX,
+                });
+            }
+            state.queued_total += 1;
             let pending = Pending { request, reply };
             match state.queued.get_mut(offering_id) {
                 Some(queue) => queue.push(pending),
@@ -146,7 +174,9 @@ impl<S: Store> GroupCommitter<S> {
         &self,
         done: &[Arc<str>],
     ) -> Option<(Vec<OfferingRequests>, Vec<Vec<oneshot::Sender<Outcome>>>)> {
-        let mut state = lock(&self.state);
+        let mut guard = lock(&self.state);
+        // One &mut for the whole body, so that its fields can be borrowed apart.
+        let state = &mut *guard;
         for offering_id in done {
             state.in_flight.remove(offering_id);
             if state.queued.contains_key(offering_id) {
@@ -165,6 +195,7 @@ impl<S: Store> GroupCommitter<S> {
             };
             let take = queue.len().min(BATCH_REQUESTS_MAX - taken);
             let batch: Vec<Pending> = queue.drain(..take).collect();
+            state.queued_total -= batch.len();
             if queue.is_empty() {
                 state.queued.remove(&offering_id);
             }

@@ -2,7 +2,8 @@
 //!
 //! Layers, each depending only on the ones after it:
 //! - [`proto`]: the generated gRPC types (proto/subledger/v1/subledger.proto);
-//! - [`api`]: the tonic service: validation, conversion, status mapping, tracing;
+//! - [`api`]: the tonic service: authentication and roles, validation, conversion, status
+//!   mapping, tracing;
 //! - [`group_commit`]: concurrent mutations of one offering share one transaction;
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.

@@ -600,6 +600,7 @@ async fn malformed_requests_name_the_field(db: TestDb) {
         after_sequence,
         page_size,
         page_token: page_token.into(),
+        ..Default::default()
     };
     assert_invalid(client.list_history(history(-3, "", 0)).await, "page_size");
     assert_invalid(
@@ -690,6 +691,43 @@ async fn history_pages_and_filters(db: TestDb) {
         .unwrap()
         .into_inner();
     assert_eq!(second.entries[0].sequence, 11);
+    // A token goes on only with the filters that made it (AIP-158).
+    for (investor_id, actor, after_sequence) in
+        [("alice", "", 0), ("", "anonymous", 0), ("", "", 3)]
+    {
+        let mut other_filters = request.clone();
+        other_filters.investor_id = investor_id.into();
+        other_filters.actor = actor.into();
+        other_filters.after_sequence = after_sequence;
+        assert_invalid(client.list_history(other_filters).await, "page_token");
+    }
+
+    // Every entry records who made it; without authentication that is "anonymous".
+    assert!(entries.iter().all(|e| e.actor == "anonymous"));
+    let by_actor = |actor: &str| proto::ListHistoryRequest {
+        offering_id: "deal".into(),
+        actor: actor.into(),
+        page_size: 20,
+        ..Default::default()
+    };
+    let anonymous = client
+        .list_history(by_actor("anonymous"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(anonymous.entries.len(), 20);
+    let mut rest = by_actor("anonymous");
+    rest.page_token = anonymous.next_page_token;
+    let rest = client.list_history(rest).await.unwrap().into_inner();
+    assert_eq!(rest.entries.len(), 6);
+    assert!(rest.next_page_token.is_empty());
+    let nobody = client
+        .list_history(by_actor("checkout"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(nobody.entries.is_empty() && nobody.next_page_token.is_empty());
+    assert_invalid(client.list_history(by_actor("no spaces")).await, "actor");
 
     let alice = client
         .list_history(proto::ListHistoryRequest {

@@ -104,7 +104,9 @@ async fn postgres_outage_answers_unavailable_and_recovers() {
     let url = db
         .url
         .replacen(&upstream_host_port, &proxy.address.to_string(), 1);
-    let server = db.start_server_via(&url).await;
+    let server = db
+        .start_server_via(&url, subledger::server::ServerConfig::default())
+        .await;
     let mut client = server.client().await;
     client
         .create_offering(offering("deal", 100, 0))

@@ -64,6 +64,7 @@ pub fn entry(entry: Entry) -> proto::HistoryEntry {
         offering_units_after: entry.offering_units_after,
         request_id: entry.request_id,
         record_time: Some(timestamp(entry.record_time)),
+        actor: entry.actor,
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::group_commit::QueueFull;
+use crate::group_commit::{QueueFull, QueueScope};
 use crate::ledger::Rejection;
 use crate::store::StoreError;
 
@@ -30,6 +30,25 @@ pub enum ApiError {
     Store(Arc<StoreError>),
     #[error(transparent)]
     Overloaded(#[from] QueueFull),
+    /// A bound on concurrent work or on a request's size; `reason` names it.
+    #[error("{message}")]
+    LimitReached {
+        reason: &'static str,
+        limit: u64,
+        message: String,
+    },
+    /// The request body is not the protobuf message the RPC takes.
+    #[error("the request body is not a valid protobuf message: {0}")]
+    MalformedRequest(String),
+    /// No credential, or one that identifies nobody; the text says which, never the credential.
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("principal {principal:?} may not call {method}: it needs the {required_role} role")]
+    PermissionDenied {
+        principal: String,
+        method: String,
+        required_role: &'static str,
+    },
     #[error("the server is shutting down")]
     ShuttingDown,
 }
@@ -133,7 +152,37 @@ impl ApiError {
                     (Code::Internal, "INTERNAL", vec![])
                 }
             },
-            Self::Overloaded(_) => (Code::ResourceExhausted, "OFFERING_QUEUE_FULL", vec![]),
+            Self::Overloaded(full) => {
+                let reason = match full.scope {
+                    QueueScope::Offering => "OFFERING_QUEUE_FULL",
+                    QueueScope::Replica => "QUEUE_FULL",
+                };
+                (
+                    Code::ResourceExhausted,
+                    reason,
+                    vec![("limit", full.limit.to_string())],
+                )
+            }
+            Self::LimitReached { reason, limit, .. } => (
+                Code::ResourceExhausted,
+                reason,
+                vec![("limit", limit.to_string())],
+            ),
+            Self::MalformedRequest(_) => (Code::InvalidArgument, "MALFORMED_REQUEST", vec![]),
+            Self::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED", vec![]),
+            Self::PermissionDenied {
+                principal,
+                method,
+                required_role,
+            } => (
+                Code::PermissionDenied,
+                "PERMISSION_DENIED",
+                vec![
+                    ("principal", principal.clone()),
+                    ("method", method.clone()),
+                    ("required_role", (*required_role).to_owned()),
+                ],
+            ),
             Self::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", vec![]),
         }
     }

@@ -2,14 +2,18 @@
 //! the group committer, reads straight to the store), convert the answer. One tracing span per
 //! call carries the method, the ids, the status code and the latency.
 
+pub mod auth;
 mod convert;
+pub mod edge;
 pub mod error;
 mod validate;
 mod watch;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -23,6 +27,22 @@ use error::ApiError;
 /// Page-token kinds: a token is only accepted by the listing that made it.
 const OFFERINGS_TOKEN: &str = "offerings";
 const HISTORY_TOKEN: &str = "history";
+/// History entries one ListHistory page examines at most when filtered by actor, which no index
+/// serves: a page for a rare actor stops there and hands back a token to go on from.
+pub const ACTOR_SCAN_ENTRIES_MAX: i64 = 10_000;
+/// VerifyOffering calls running at once per process. Each holds a pooled connection for as long
+/// as it reads the offering's whole history (seconds at a million entries); more at once would
+/// take the pool from the writes. Others wait their turn, holding no connection.
+pub const VERIFY_RUNNING_MAX: usize = 2;
+/// VerifyOffering calls running or waiting per process; past it a call is refused.
+pub const VERIFY_ADMITTED_MAX: usize = 64;
+
+/// Bounds on what callers can make one process hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceLimits {
+    /// WatchHistory streams open at once.
+    pub max_watch_streams: usize,
+}
 
 pub struct LedgerService<S> {
     store: S,
@@ -30,14 +50,22 @@ pub struct LedgerService<S> {
     /// Cancelled when the server shuts down: ends the WatchHistory streams, which would
     /// otherwise hold a graceful shutdown open forever.
     shutdown: CancellationToken,
+    watch_streams: Arc<Semaphore>,
+    max_watch_streams: usize,
+    verifications_admitted: Semaphore,
+    verifications_running: Semaphore,
 }
 
 impl<S: Store> LedgerService<S> {
-    pub fn new(store: S, shutdown: CancellationToken) -> Self {
+    pub fn new(store: S, limits: ServiceLimits, shutdown: CancellationToken) -> Self {
         Self {
             committer: GroupCommitter::new(store.clone()),
             store,
             shutdown,
+            watch_streams: Arc::new(Semaphore::new(limits.max_watch_streams)),
+            max_watch_streams: limits.max_watch_streams,
+            verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
+            verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
         }
     }
 
@@ -45,10 +73,12 @@ impl<S: Store> LedgerService<S> {
         &self,
         offering_id: &str,
         request_id: String,
+        actor: Arc<str>,
         command: Command,
     ) -> Result<Applied, ApiError> {
         let request = ledger::Request {
             request_id,
+            actor,
             command,
         };
         Ok(self.committer.submit(offering_id, request).await???)
@@ -61,6 +91,7 @@ impl<S: Store> LedgerService<S> {
         offering_id: String,
         expected_version: i64,
         request_id: String,
+        actor: Arc<str>,
         command: fn(i64) -> Command,
     ) -> Result<Response<proto::Offering>, Status> {
         traced(rpc_span(method, &offering_id, &request_id), async move {
@@ -68,7 +99,7 @@ impl<S: Store> LedgerService<S> {
             validate::not_negative("expected_version", expected_version)?;
             let request_id = validate::id_or_new("request_id", request_id)?;
             let applied = self
-                .mutate(&offering_id, request_id, command(expected_version))
+                .mutate(&offering_id, request_id, actor, command(expected_version))
                 .await?;
             Ok(convert::offering(applied.offering))
         })
@@ -100,8 +131,9 @@ fn cut_for_log(id: &str) -> &str {
     &id[..id.floor_char_boundary(ledger::limits::ID_CHARS_MAX + 1)]
 }
 
-/// Runs one call inside its span and logs how it ended: successes at DEBUG, refusals at INFO,
-/// server-side failures at ERROR (where the database's own message is logged).
+/// Runs one call inside its span and logs how it ended, once: successes at DEBUG, refusals at
+/// INFO, server-side failures at ERROR (with the database's own message, which the caller never
+/// sees).
 async fn traced<T>(
     span: tracing::Span,
     call: impl Future<Output = Result<T, ApiError>>,
@@ -116,11 +148,36 @@ async fn traced<T>(
             Ok(Response::new(reply))
         }
         Err(error) => {
+            let cause = matches!(error, ApiError::Store(_)).then(|| error.to_string());
             let status = Status::from(error);
-            if status.code() == tonic::Code::Internal {
-                tracing::error!(code = ?status.code(), latency_us, message = status.message(), "call failed");
-            } else {
-                tracing::info!(code = ?status.code(), latency_us, message = status.message(), "call refused");
+            let code = status.code();
+            match (code, cause) {
+                (tonic::Code::Internal, cause) => {
+                    tracing::error!(
+                        ?code,
+                        latency_us,
+                        message = status.message(),
+                        cause,
+                        "call failed"
+                    );
+                }
+                (_, Some(cause)) => {
+                    tracing::warn!(
+                        ?code,
+                        latency_us,
+                        message = status.message(),
+                        cause,
+                        "call failed"
+                    );
+                }
+                (_, None) => {
+                    tracing::info!(
+                        ?code,
+                        latency_us,
+                        message = status.message(),
+                        "call refused"
+                    );
+                }
             }
             Err(status)
         }
@@ -133,6 +190,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CreateOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
+        let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
             rpc_span("CreateOffering", &r.offering_id, &r.request_id),
@@ -155,6 +213,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     max_units: r.max_units,
                     max_units_per_investor: r.max_units_per_investor,
                     request_id: validate::id_or_new("request_id", r.request_id)?,
+                    actor,
                 };
                 match self.store.create_offering(&new).await?? {
                     CreateOutcome::Created(offering) | CreateOutcome::Replayed(offering) => {
@@ -218,6 +277,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CloseOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
+        let actor = auth::actor(&request);
         let r = request.into_inner();
         let close = |expected_version| Command::Close { expected_version };
         self.change_status(
@@ -225,6 +285,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.offering_id,
             r.expected_version,
             r.request_id,
+            actor,
             close,
         )
         .await
@@ -234,6 +295,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::FinalizeOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
+        let actor = auth::actor(&request);
         let r = request.into_inner();
         let finalize = |expected_version| Command::Finalize { expected_version };
         self.change_status(
@@ -241,6 +303,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.offering_id,
             r.expected_version,
             r.request_id,
+            actor,
             finalize,
         )
         .await
@@ -250,6 +313,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
+        let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
             rpc_span("Subscribe", &r.offering_id, &r.request_id),
@@ -262,7 +326,9 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     investor_id: r.investor_id,
                     units: r.units,
                 };
-                let applied = self.mutate(&r.offering_id, r.request_id, command).await?;
+                let applied = self
+                    .mutate(&r.offering_id, r.request_id, actor, command)
+                    .await?;
                 let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::SubscribeResponse {
                     entry,
@@ -279,6 +345,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
+        let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
             rpc_span("Cancel", &r.offering_id, &r.request_id),
@@ -291,7 +358,9 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     investor_id: r.investor_id,
                     units: r.units,
                 };
-                let applied = self.mutate(&r.offering_id, r.request_id, command).await?;
+                let applied = self
+                    .mutate(&r.offering_id, r.request_id, actor, command)
+                    .await?;
                 let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::CancelResponse {
                     entry,
@@ -341,34 +410,56 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let r = request.into_inner();
         traced(rpc_span("ListHistory", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
-            if !r.investor_id.is_empty() {
-                validate::id("investor_id", &r.investor_id)?;
-            }
+            let investor_id = validate::optional_id("investor_id", &r.investor_id)?;
+            let actor = validate::optional_actor(&r.actor)?;
             validate::not_negative("after_sequence", r.after_sequence)?;
             let limit = validate::page_size(r.page_size)?;
-            let mut after_sequence = r.after_sequence;
-            if let Some(key) = validate::page_token(HISTORY_TOKEN, &r.page_token)? {
-                after_sequence = after_sequence.max(history_token_sequence(&key, &r.offering_id)?);
-            }
+            // A token continues the listing that made it, and only with the same filters.
+            let filters = HistoryPageKey {
+                offering_id: r.offering_id.clone(),
+                investor_id: r.investor_id.clone(),
+                actor: r.actor.clone(),
+                after_sequence: r.after_sequence,
+                next_after: 0,
+            };
+            let after_sequence = match validate::page_token(HISTORY_TOKEN, &r.page_token)? {
+                Some(key) => HistoryPageKey::decode(&key, &filters)?,
+                None => r.after_sequence,
+            };
+            // Filtered by actor, a page examines a bounded range of sequences.
+            let sequence_max = match actor {
+                Some(_) => after_sequence.saturating_add(ACTOR_SCAN_ENTRIES_MAX),
+                None => i64::MAX,
+            };
             let query = HistoryQuery {
                 offering_id: &r.offering_id,
-                investor_id: (!r.investor_id.is_empty()).then_some(r.investor_id.as_str()),
+                investor_id,
+                actor,
                 after_sequence,
+                sequence_max,
                 limit: limit + 1,
             };
             let mut entries = self.store.list_history(query).await?;
-            if entries.is_empty() {
-                // Every offering has at least its creation entry; tell "none" from "no offering".
-                self.require_offering(&r.offering_id).await?;
-            }
-            let mut next_page_token = String::new();
+            let mut next_after = None;
             if entries.len() > limit as usize {
                 entries.truncate(limit as usize);
-                if let Some(last) = entries.last() {
-                    let key = format!("{}@{}", r.offering_id, last.sequence);
-                    next_page_token = validate::encode_page_token(HISTORY_TOKEN, &key);
+                next_after = entries.last().map(|e| e.sequence);
+            }
+            if entries.is_empty() || (next_after.is_none() && sequence_max < i64::MAX) {
+                // Every offering has at least its creation entry: tell "none" from "no
+                // offering". A scan cut short goes on in the next page if entries follow.
+                let offering = self.require_offering(&r.offering_id).await?;
+                if offering.version > sequence_max {
+                    next_after = Some(sequence_max);
                 }
             }
+            let next_page_token = next_after.map_or_else(String::new, |next_after| {
+                let key = HistoryPageKey {
+                    next_after,
+                    ..filters
+                };
+                validate::encode_page_token(HISTORY_TOKEN, &key.encode())
+            });
             Ok(proto::ListHistoryResponse {
                 entries: entries.into_iter().map(convert::entry).collect(),
                 next_page_token,
@@ -390,6 +481,16 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             if self.shutdown.is_cancelled() {
                 return Err(ApiError::ShuttingDown);
             }
+            let permit = self.watch_streams.clone().try_acquire_owned().map_err(|_| {
+                ApiError::LimitReached {
+                    reason: "TOO_MANY_WATCH_STREAMS",
+                    limit: self.max_watch_streams as u64,
+                    message: format!(
+                        "{} WatchHistory streams are open on this replica, the most it serves; retry later or on another replica",
+                        self.max_watch_streams
+                    ),
+                }
+            })?;
             // Subscribe before the first read, so that no commit falls between the two.
             let changes = self.store.changes();
             let offering = self.require_offering(&r.offering_id).await?;
@@ -408,6 +509,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                 offering,
                 r.after_sequence,
                 changes,
+                permit,
                 self.shutdown.clone(),
             ))
         })
@@ -421,6 +523,21 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let r = request.into_inner();
         traced(rpc_span("VerifyOffering", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
+            let _admitted = self.verifications_admitted.try_acquire().map_err(|_| {
+                ApiError::LimitReached {
+                    reason: "TOO_MANY_VERIFICATIONS",
+                    limit: VERIFY_ADMITTED_MAX as u64,
+                    message: format!(
+                        "{VERIFY_ADMITTED_MAX} VerifyOffering calls are running or waiting on this replica, the most it admits; retry later"
+                    ),
+                }
+            })?;
+            // The semaphore is never closed, so acquiring fails only if it were.
+            let _running = self
+                .verifications_running
+                .acquire()
+                .await
+                .map_err(|_| ApiError::ShuttingDown)?;
             let report = self
                 .store
                 .verify_offering(&r.offering_id)
@@ -443,17 +560,42 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
     }
 }
 
-/// The sequence in a history page token, which must belong to this offering.
-fn history_token_sequence(key: &str, offering_id: &str) -> Result<i64, ApiError> {
-    let invalid =
-        || ApiError::invalid("page_token", "was not returned for this offering's history");
-    let (token_offering, sequence) = key.rsplit_once('@').ok_or_else(invalid)?;
-    if token_offering != offering_id {
-        return Err(invalid());
+/// What a ListHistory page token holds: the filters of the request that made it, and where the
+/// next page starts.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HistoryPageKey {
+    offering_id: String,
+    investor_id: String,
+    actor: String,
+    after_sequence: i64,
+    next_after: i64,
+}
+
+impl HistoryPageKey {
+    fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
     }
-    sequence
-        .parse::<i64>()
-        .ok()
-        .filter(|s| *s >= 0)
-        .ok_or_else(invalid)
+
+    /// Where the next page starts, if the token was made by a request with these filters.
+    fn decode(key: &str, filters: &HistoryPageKey) -> Result<i64, ApiError> {
+        let made: HistoryPageKey = serde_json::from_str(key)
+            .map_err(|_| ApiError::invalid("page_token", "is not a token this listing returned"))?;
+        let same_filters = made.offering_id == filters.offering_id
+            && made.investor_id == filters.investor_id
+            && made.actor == filters.actor
+            && made.after_sequence == filters.after_sequence;
+        if !same_filters {
+            return Err(ApiError::invalid(
+                "page_token",
+                "was returned for another offering_id, investor_id, actor or after_sequence; repeat the request that returned it",
+            ));
+        }
+        if made.next_after < filters.after_sequence {
+            return Err(ApiError::invalid(
+                "page_token",
+                "is not a token this listing returned",
+            ));
+        }
+        Ok(made.next_after)
+    }
 }

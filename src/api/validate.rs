@@ -35,6 +35,34 @@ pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// An optional filter: empty means none.
+pub fn optional_id<'a>(field: &'static str, value: &'a str) -> Result<Option<&'a str>, ApiError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    id(field, value)?;
+    Ok(Some(value))
+}
+
+/// An actor filter: empty means none; otherwise a principal name (the id alphabet plus / and @,
+/// which client certificate identities use).
+pub fn optional_actor(value: &str) -> Result<Option<&str>, ApiError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.len() > ID_CHARS_MAX
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-' | '/' | '@'))
+    {
+        return Err(ApiError::invalid(
+            "actor",
+            format!("must be at most {ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ : - / @"),
+        ));
+    }
+    Ok(Some(value))
+}
+
 /// An optional id: empty means "make one up" (a UUID).
 pub fn id_or_new(field: &'static str, value: String) -> Result<String, ApiError> {
     if value.is_empty() {
@@ -52,13 +80,23 @@ pub fn name(value: &str) -> Result<(), ApiError> {
             format!("must be 1-{NAME_CHARS_MAX} characters, got {chars}"),
         ));
     }
-    if value.chars().any(char::is_control) {
+    if let Some(bad) = value.chars().find(|c| is_invisible(*c)) {
         return Err(ApiError::invalid(
             "name",
-            "must not contain control characters",
+            format!(
+                "must not contain control or format characters (found U+{:04X}): they can make a name display as another",
+                u32::from(bad)
+            ),
         ));
     }
     Ok(())
+}
+
+/// Control characters (Cc) and format characters (Cf: bidi overrides such as U+202E, zero-width
+/// characters such as U+200B), which change how the text around them displays.
+fn is_invisible(c: char) -> bool {
+    use unicode_general_category::{GeneralCategory, get_general_category};
+    c.is_control() || get_general_category(c) == GeneralCategory::Format
 }
 
 /// A count of units within `min..=UNITS_MAX`.
@@ -127,6 +165,15 @@ mod tests {
         assert!(id("offering_id", "é").is_err());
         assert!(id("offering_id", &"x".repeat(ID_CHARS_MAX)).is_ok());
         assert!(id("offering_id", &"x".repeat(ID_CHARS_MAX + 1)).is_err());
+    }
+
+    #[test]
+    fn names_refuse_characters_that_change_how_they_display() {
+        assert!(name("Tower 7 — Zürich").is_ok());
+        assert!(name("evil\u{202E}gnp.exe").is_err(), "bidi override");
+        assert!(name("Tower\u{200B}7").is_err(), "zero-width space");
+        assert!(name("Tower\u{FEFF}7").is_err(), "byte order mark");
+        assert!(name("line\nbreak").is_err(), "control character");
     }
 
     #[test]

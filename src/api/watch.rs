@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -21,10 +21,11 @@ use crate::store::{Change, HistoryQuery, Store};
 
 pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<proto::HistoryEntry, Status>> + Send>>;
 
-/// Entries read per query while catching up.
-const READ_BATCH: u32 = 500;
+/// Entries read per query while catching up. With SEND_BUFFER, bounds what a stream whose
+/// client reads nothing holds: about (READ_BATCH + SEND_BUFFER) entries of ~200 bytes.
+const READ_BATCH: u32 = 64;
 /// Entries buffered for a slow client before the stream stops reading.
-const SEND_BUFFER: usize = 1024;
+const SEND_BUFFER: usize = 32;
 /// Re-read at least this often even without a notification (a lost NOTIFY, another process on
 /// the same SQLite file).
 const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -34,6 +35,7 @@ pub fn spawn<S: Store>(
     offering: Offering,
     after_sequence: i64,
     changes: broadcast::Receiver<Change>,
+    permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> HistoryStream {
     let (sender, receiver) = mpsc::channel(SEND_BUFFER);
@@ -47,6 +49,7 @@ pub fn spawn<S: Store>(
         after_sequence,
         changes,
         sender,
+        _permit: permit,
     };
     tokio::spawn(watcher.run(shutdown));
     Box::pin(ReceiverStream::new(receiver))
@@ -58,6 +61,8 @@ struct Watcher<S> {
     after_sequence: i64,
     changes: broadcast::Receiver<Change>,
     sender: mpsc::Sender<Result<proto::HistoryEntry, Status>>,
+    /// This stream's place under --max-watch-streams, given back when the watcher ends.
+    _permit: OwnedSemaphorePermit,
 }
 
 /// Why a watch stops.
@@ -97,12 +102,7 @@ impl<S: Store> Watcher<S> {
     /// Sends every entry after the last one sent; Err once the stream must end.
     async fn send_new_entries(&mut self) -> Result<(), End> {
         loop {
-            let query = HistoryQuery {
-                offering_id: &self.offering_id,
-                investor_id: None,
-                after_sequence: self.after_sequence,
-                limit: READ_BATCH,
-            };
+            let query = HistoryQuery::after(&self.offering_id, self.after_sequence, READ_BATCH);
             let entries = self
                 .store
                 .list_history(query)

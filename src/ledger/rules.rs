@@ -108,7 +108,7 @@ impl Batch {
     /// Validates `request` against the running state and, if accepted, records its effect.
     pub fn apply(&mut self, request: &Request) -> Result<Applied, Rejection> {
         if let Some(entry) = self.recorded.get(&request.request_id) {
-            if !request.command.is_recorded_by(entry) {
+            if !request.is_recorded_by(entry) {
                 return Err(Rejection::RequestIdReused {
                     request_id: request.request_id.clone(),
                 });
@@ -238,6 +238,7 @@ impl Batch {
             requested_units,
             expected_version,
             record_time: self.now,
+            actor: request.actor.to_string(),
         };
         self.recorded
             .insert(entry.request_id.clone(), entry.clone());
@@ -378,7 +379,8 @@ pub fn check_create(
         && existing.max_units == new.max_units
         && existing.max_units_per_investor == new.max_units_per_investor
         && created_by.kind == EntryKind::OfferingCreated
-        && created_by.request_id == new.request_id;
+        && created_by.request_id == new.request_id
+        && created_by.actor == *new.actor;
     if same {
         Ok(CreateOutcome::Replayed(existing))
     } else {
@@ -415,6 +417,7 @@ impl NewOffering {
             requested_units: self.max_units,
             expected_version: 0,
             record_time: now,
+            actor: self.actor.to_string(),
         };
         (head, entry)
     }
@@ -431,6 +434,7 @@ mod tests {
             max_units,
             max_units_per_investor: per_investor,
             request_id: "create".into(),
+            actor: "ops".into(),
         };
         new.first_rows(chrono::Utc::now()).0
     }
@@ -438,6 +442,7 @@ mod tests {
     fn request(request_id: &str, command: Command) -> Request {
         Request {
             request_id: request_id.into(),
+            actor: "checkout".into(),
             command,
         }
     }

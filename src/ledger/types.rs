@@ -1,5 +1,7 @@
 //! The ledger's records and commands, free of protobuf and SQL types.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 pub type Timestamp = DateTime<Utc>;
@@ -106,6 +108,9 @@ pub struct Entry {
     pub requested_units: i64,
     pub expected_version: i64,
     pub record_time: Timestamp,
+    /// The principal whose call appended the entry ("anonymous" with authentication off,
+    /// "unknown" for entries recorded before subledger recorded actors).
+    pub actor: String,
 }
 
 /// CreateOffering, validated.
@@ -116,6 +121,7 @@ pub struct NewOffering {
     pub max_units: i64,
     pub max_units_per_investor: i64,
     pub request_id: String,
+    pub actor: Arc<str>,
 }
 
 /// A change to an existing offering.
@@ -174,23 +180,29 @@ impl Command {
         }
     }
 
-    /// True when `entry` is what this command appended: the same request made again.
-    pub fn is_recorded_by(&self, entry: &Entry) -> bool {
-        entry.kind == self.kind()
-            && entry.investor_id == self.investor_id().unwrap_or("")
-            && entry.requested_units == self.requested_units()
-            && entry.expected_version == self.expected_version()
-    }
-
     /// Fields of the entry this command appends that come from the request itself.
     pub(crate) fn request_fields(&self) -> (i64, i64) {
         (self.requested_units(), self.expected_version())
     }
 }
 
-/// A command with the id that makes it idempotent.
+/// A command with the id that makes it idempotent, and the principal that sent it.
 #[derive(Clone, Debug)]
 pub struct Request {
     pub request_id: String,
+    pub actor: Arc<str>,
     pub command: Command,
+}
+
+impl Request {
+    /// True when `entry` is what this request appended: the same request made again, by the
+    /// same principal. Another principal reusing the request_id must not read the result.
+    pub fn is_recorded_by(&self, entry: &Entry) -> bool {
+        let command = &self.command;
+        entry.kind == command.kind()
+            && entry.investor_id == command.investor_id().unwrap_or("")
+            && entry.requested_units == command.requested_units()
+            && entry.expected_version == command.expected_version()
+            && entry.actor == *self.actor
+    }
 }

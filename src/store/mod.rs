@@ -116,9 +116,26 @@ pub struct HistoryQuery<'a> {
     pub offering_id: &'a str,
     /// Only this investor's entries.
     pub investor_id: Option<&'a str>,
-    /// Entries with sequence > after_sequence.
+    /// Only the entries this principal made.
+    pub actor: Option<&'a str>,
+    /// Entries with after_sequence < sequence <= sequence_max.
     pub after_sequence: i64,
+    pub sequence_max: i64,
     pub limit: u32,
+}
+
+impl<'a> HistoryQuery<'a> {
+    /// Every entry after `after_sequence`, up to `limit` of them.
+    pub fn after(offering_id: &'a str, after_sequence: i64, limit: u32) -> Self {
+        Self {
+            offering_id,
+            investor_id: None,
+            actor: None,
+            after_sequence,
+            sequence_max: i64::MAX,
+            limit,
+        }
+    }
 }
 
 /// The storage a subledger server runs on.

@@ -143,7 +143,7 @@ impl PgStore {
         }
         let rows: Vec<EntryRow> = sqlx::query_as(
             "SELECT DISTINCT e.offering_id, e.sequence, e.kind, e.investor_id, e.units_delta, e.investor_units_after, \
-                e.offering_units_after, e.request_id, e.requested_units, e.expected_version, e.record_time \
+                e.offering_units_after, e.request_id, e.requested_units, e.expected_version, e.record_time, e.actor \
              FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, request_id) \
              JOIN history_entry e ON e.offering_id = k.offering_id AND e.request_id = k.request_id",
         )
@@ -212,21 +212,21 @@ impl PgStore {
         let appended: Vec<i64> = sqlx::query_scalar(
             "WITH appended AS ( \
                 INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
-                    offering_units_after, request_id, requested_units, expected_version, record_time) \
+                    offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
-                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[]) \
+                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[]) \
                 ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
              ), positions AS ( \
                 INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
-                SELECT * FROM UNNEST($12::text[], $13::text[], $14::bigint[], $15::timestamptz[]) \
+                SELECT * FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::timestamptz[]) \
                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, update_time = EXCLUDED.update_time \
              ) \
              UPDATE offering_head AS h SET subscribed_units = v.subscribed_units, investor_count = v.investor_count, \
                 status = v.status, version = v.version, update_time = v.update_time \
-             FROM UNNEST($16::text[], $17::bigint[], $18::bigint[], $19::smallint[], $20::bigint[], $21::timestamptz[]) \
+             FROM UNNEST($17::text[], $18::bigint[], $19::bigint[], $20::smallint[], $21::bigint[], $22::timestamptz[]) \
                 AS v (offering_id, subscribed_units, investor_count, status, version, update_time) \
              WHERE h.offering_id = v.offering_id \
-             RETURNING (SELECT count(*) FROM appended), pg_notify($22, v.version::text || ':' || v.offering_id)",
+             RETURNING (SELECT count(*) FROM appended), pg_notify($23, v.version::text || ':' || v.offering_id)",
         )
         .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
@@ -239,6 +239,7 @@ impl PgStore {
         .bind(entries.iter().map(|e| e.requested_units).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.expected_version).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.record_time).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.offering_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.units).collect::<Vec<_>>())
@@ -270,24 +271,38 @@ impl Store for PgStore {
         let mut tx = self.pool.begin().await?;
         // ON CONFLICT DO NOTHING waits for a concurrent creator of the same id to finish, so the
         // loser then sees the winner's committed rows.
-        let inserted = sqlx::query(
+        let inserted = sqlx::query(concat!(
             "WITH head AS ( \
                 INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
                     investor_count, status, version, create_time, update_time) \
-                VALUES ($1, $2, $3, $4, 0, 0, $5, 1, $6, $6) ON CONFLICT (offering_id) DO NOTHING RETURNING offering_id \
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
              ) \
-             INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
-                offering_units_after, request_id, requested_units, expected_version, record_time) \
-             SELECT offering_id, 1, $7, '', 0, 0, 0, $8, $3, 0, $6 FROM head",
-        )
+             INSERT INTO history_entry (",
+            entry_columns!(),
+            ") SELECT $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM head"
+        ))
         .bind(&head.offering_id)
         .bind(&head.name)
         .bind(head.max_units)
         .bind(head.max_units_per_investor)
+        .bind(head.subscribed_units)
+        .bind(head.investor_count)
         .bind(head.status as i16)
+        .bind(head.version)
         .bind(head.create_time)
+        .bind(head.update_time)
+        .bind(&entry.offering_id)
+        .bind(entry.sequence)
         .bind(entry.kind as i16)
+        .bind(&entry.investor_id)
+        .bind(entry.units_delta)
+        .bind(entry.investor_units_after)
+        .bind(entry.offering_units_after)
         .bind(&entry.request_id)
+        .bind(entry.requested_units)
+        .bind(entry.expected_version)
+        .bind(entry.record_time)
+        .bind(&entry.actor)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -424,12 +439,14 @@ impl Store for PgStore {
         let rows: Vec<EntryRow> = sqlx::query_as(concat!(
             "SELECT ",
             entry_columns!(),
-            " FROM history_entry WHERE offering_id = $1 AND ($2::text IS NULL OR investor_id = $2) AND sequence > $3 \
-              ORDER BY sequence LIMIT $4"
+            " FROM history_entry WHERE offering_id = $1 AND ($2::text IS NULL OR investor_id = $2) \
+              AND ($3::text IS NULL OR actor = $3) AND sequence > $4 AND sequence <= $5 ORDER BY sequence LIMIT $6"
         ))
         .bind(query.offering_id)
         .bind(query.investor_id)
+        .bind(query.actor)
         .bind(query.after_sequence)
+        .bind(query.sequence_max)
         .bind(i64::from(query.limit))
         .fetch_all(&self.pool)
         .await?;

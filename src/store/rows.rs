@@ -74,7 +74,7 @@ impl From<PositionRow> for Position {
 /// Column list matching [`EntryRow`].
 macro_rules! entry_columns {
     () => {
-        "offering_id, sequence, kind, investor_id, units_delta, investor_units_after, offering_units_after, request_id, requested_units, expected_version, record_time"
+        "offering_id, sequence, kind, investor_id, units_delta, investor_units_after, offering_units_after, request_id, requested_units, expected_version, record_time, actor"
     };
 }
 pub(crate) use entry_columns;
@@ -92,6 +92,7 @@ pub struct EntryRow {
     requested_units: i64,
     expected_version: i64,
     record_time: Timestamp,
+    actor: String,
 }
 
 impl TryFrom<EntryRow> for Entry {
@@ -116,6 +117,7 @@ impl TryFrom<EntryRow> for Entry {
             requested_units: row.requested_units,
             expected_version: row.expected_version,
             record_time: row.record_time,
+            actor: row.actor,
         })
     }
 }

@@ -194,7 +194,7 @@ async fn insert_entry(
     sqlx::query(concat!(
         "INSERT INTO history_entry (",
         entry_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
     ))
     .bind(&entry.offering_id)
     .bind(entry.sequence)
@@ -207,6 +207,7 @@ async fn insert_entry(
     .bind(entry.requested_units)
     .bind(entry.expected_version)
     .bind(entry.record_time)
+    .bind(&entry.actor)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -237,17 +238,21 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(check_create(new, existing, &created_by.try_into()?));
         }
-        sqlx::query(
-            "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
-                investor_count, status, version, create_time, update_time) \
-             VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, 1, ?6, ?6)",
-        )
+        sqlx::query(concat!(
+            "INSERT INTO offering_head (",
+            head_columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ))
         .bind(&head.offering_id)
         .bind(&head.name)
         .bind(head.max_units)
         .bind(head.max_units_per_investor)
+        .bind(head.subscribed_units)
+        .bind(head.investor_count)
         .bind(head.status as i16)
+        .bind(head.version)
         .bind(head.create_time)
+        .bind(head.update_time)
         .execute(&mut *tx)
         .await?;
         insert_entry(&mut tx, &entry).await?;
@@ -376,19 +381,23 @@ impl Store for SqliteStore {
             None => concat!(
                 "SELECT ",
                 entry_columns!(),
-                " FROM history_entry WHERE offering_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
+                " FROM history_entry WHERE offering_id = ?1 AND sequence > ?2 AND sequence <= ?3 \
+                  AND (?5 IS NULL OR actor = ?5) ORDER BY sequence LIMIT ?4"
             ),
             Some(_) => concat!(
                 "SELECT ",
                 entry_columns!(),
                 " FROM history_entry INDEXED BY history_entry_by_investor \
-                  WHERE offering_id = ?1 AND sequence > ?2 AND investor_id = ?4 ORDER BY sequence LIMIT ?3"
+                  WHERE offering_id = ?1 AND sequence > ?2 AND sequence <= ?3 AND (?5 IS NULL OR actor = ?5) \
+                  AND investor_id = ?6 ORDER BY sequence LIMIT ?4"
             ),
         };
         let mut select = sqlx::query_as(sql)
             .bind(query.offering_id)
             .bind(query.after_sequence)
-            .bind(i64::from(query.limit));
+            .bind(query.sequence_max)
+            .bind(i64::from(query.limit))
+            .bind(query.actor);
         if let Some(investor_id) = query.investor_id {
             select = select.bind(investor_id);
         }

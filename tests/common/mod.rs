@@ -17,6 +17,7 @@ use std::time::Duration;
 use sqlx::Connection;
 use subledger::proto::subscription_ledger_client::SubscriptionLedgerClient;
 use subledger::proto::{self};
+use subledger::server::ServerConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -96,13 +97,20 @@ impl TestDb {
         }
     }
 
-    /// Starts a server (its own pool: a separate replica) on an ephemeral port.
+    /// Starts a server (its own pool: a separate replica) on an ephemeral port: plaintext,
+    /// anonymous, the default limits.
     pub async fn start_server(&self) -> TestServer {
-        self.start_server_via(&self.url).await
+        self.start_server_via(&self.url, ServerConfig::default())
+            .await
+    }
+
+    /// Starts a server with TLS, principals or limits of its own.
+    pub async fn start_server_with(&self, config: ServerConfig) -> TestServer {
+        self.start_server_via(&self.url, config).await
     }
 
     /// Starts a server that reaches the database through `url` (PostgreSQL: e.g. a proxy).
-    pub async fn start_server_via(&self, url: &str) -> TestServer {
+    pub async fn start_server_via(&self, url: &str, config: ServerConfig) -> TestServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");
@@ -115,7 +123,7 @@ impl TestDb {
                     .await
                     .expect("open PostgreSQL store");
                 tokio::spawn(async move {
-                    subledger::server::serve(store, listener, token)
+                    subledger::server::serve(store, listener, config, token)
                         .await
                         .expect("serve")
                 })
@@ -125,7 +133,7 @@ impl TestDb {
                     .await
                     .expect("open SQLite store");
                 tokio::spawn(async move {
-                    subledger::server::serve(store, listener, token)
+                    subledger::server::serve(store, listener, config, token)
                         .await
                         .expect("serve")
                 })

@@ -1,16 +1,23 @@
-//! Wires a store into a gRPC server: the ledger service, health and reflection, and a graceful
-//! shutdown (stop accepting, finish calls in flight, end watch streams, return).
+//! Wires a store into a gRPC server: the ledger service behind its edge and auth layers,
+//! health and reflection, TLS, bounded connections, and a graceful shutdown (stop accepting,
+//! finish calls in flight, end watch streams, return).
 
+mod connections;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::api::LedgerService;
+pub use connections::ConnectionLimits;
+
+use crate::api::auth::{AuthLayer, Authenticator};
+use crate::api::edge::{EdgeLayer, HTTP2_HEADER_LIST_BYTES_MAX, REQUEST_BYTES_MAX};
+use crate::api::{LedgerService, ServiceLimits};
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedgerServer};
 use crate::store::Store;
 
@@ -21,6 +28,37 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(2);
 /// A probe slower than this counts as the database not answering.
 const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Concurrent calls (HTTP/2 streams) on one connection, announced in SETTINGS: one client
+/// connection cannot take more than this share of the server.
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 256;
+/// The TLS handshake must finish within this, whatever the idle timeout.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything about a server but its store and its listener.
+pub struct ServerConfig {
+    /// None: plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    pub authenticator: Arc<Authenticator>,
+    pub connections: ConnectionLimits,
+    pub service: ServiceLimits,
+}
+
+impl Default for ServerConfig {
+    /// Plaintext, no authentication, the default limits.
+    fn default() -> Self {
+        Self {
+            tls: None,
+            authenticator: Arc::new(Authenticator::disabled()),
+            connections: ConnectionLimits {
+                max_connections: 10_000,
+                idle_timeout: Duration::from_secs(60),
+            },
+            service: ServiceLimits {
+                max_watch_streams: 1_000,
+            },
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -34,6 +72,7 @@ pub enum ServeError {
 pub async fn serve<S: Store>(
     store: S,
     listener: TcpListener,
+    config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -47,15 +86,30 @@ pub async fn serve<S: Store>(
     ));
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let ledger = SubscriptionLedgerServer::new(LedgerService::new(store, shutdown.clone()));
-    // Replies are small and latency-bound: do not let Nagle hold them back.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = Server::builder()
+    let ledger =
+        SubscriptionLedgerServer::new(LedgerService::new(store, config.service, shutdown.clone()))
+            .max_decoding_message_size(REQUEST_BYTES_MAX);
+    // Live peers answer PINGs long before the idle timeout; dead ones are dropped.
+    let keepalive = config.connections.idle_timeout / 3;
+    let mut builder = Server::builder()
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(keepalive))
+        .http2_max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX);
+    if let Some(tls) = config.tls {
+        builder = builder.tls_config(tls.timeout(TLS_HANDSHAKE_TIMEOUT))?;
+    }
+    let serving = builder
+        .layer(EdgeLayer)
+        .layer(AuthLayer::new(config.authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(ledger)
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            connections::accept(listener, config.connections),
+            shutdown.clone().cancelled_owned(),
+        );
     // tonic waits for every connection to close; a client holding a stream open (a
     // grpc.health.v1 Watch never ends) would hold the shutdown open forever.
     let grace_over = async {

@@ -1,0 +1,117 @@
+//! The HTTP/2 edge of the server, in front of every service: refuses over-size header blocks
+//! with a gRPC status instead of an HTTP error, and gives an ErrorInfo to every status that tonic
+//! made itself (a body that does not decode, an over-size message, an unknown method), so that
+//! the promise "every error carries a google.rpc.ErrorInfo" holds for them too.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tonic::body::Body;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use tower::{Layer, Service};
+
+use super::error::{ApiError, ERROR_DOMAIN};
+
+/// Header bytes (names and values) one call may send. gRPC metadata is small: a bearer token, a
+/// trace context, a few ids. HTTP/2 itself accepts up to HTTP2_HEADER_LIST_BYTES_MAX, so that a
+/// block between the two gets this gRPC refusal rather than a bare HTTP 431.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+/// What HTTP/2 accepts before it answers 431 on its own (announced in SETTINGS).
+pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 256 * 1024;
+/// A request message larger than this is refused before it is read: every subledger request
+/// is a few hundred bytes.
+pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Clone, Copy, Default)]
+pub struct EdgeLayer;
+
+impl<S> Layer<S> for EdgeLayer {
+    type Service = EdgeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EdgeService { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct EdgeService<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for EdgeService<S>
+where
+    S: Service<Request<B>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > HEADER_BYTES_MAX {
+            let status = Status::from(ApiError::LimitReached {
+                reason: "HEADERS_TOO_LARGE",
+                limit: HEADER_BYTES_MAX as u64,
+                message: format!(
+                    "the call sent {header_bytes} bytes of headers; at most {HEADER_BYTES_MAX} are accepted"
+                ),
+            });
+            tracing::info!(method, code = ?status.code(), message = status.message(), "call refused");
+            return Box::pin(std::future::ready(Ok(status.into_http())));
+        }
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(with_error_info(response, &method))
+        })
+    }
+}
+
+/// A trailers-only error response without details is one tonic made before any handler ran:
+/// give it the ErrorInfo every subledger status carries, and the code that says whose fault it is.
+fn with_error_info(response: Response<Body>, method: &str) -> Response<Body> {
+    let headers = response.headers();
+    if headers.contains_key("grpc-status-details-bin") {
+        return response;
+    }
+    let Some(status) = Status::from_header_map(headers) else {
+        return response;
+    };
+    let (code, reason) = match status.code() {
+        Code::Ok => return response,
+        // tonic answers INTERNAL for a request body it cannot decode (subledger's own INTERNAL
+        // statuses all carry details): that is the caller's doing.
+        Code::Internal => (Code::InvalidArgument, "MALFORMED_REQUEST"),
+        // tonic's answer to a message over REQUEST_BYTES_MAX.
+        Code::OutOfRange => (Code::ResourceExhausted, "MESSAGE_TOO_LARGE"),
+        Code::Unimplemented => (Code::Unimplemented, "UNIMPLEMENTED"),
+        Code::DeadlineExceeded => (Code::DeadlineExceeded, "DEADLINE_EXCEEDED"),
+        Code::Cancelled => (Code::Cancelled, "CANCELLED"),
+        other => (other, "UNKNOWN"),
+    };
+    let mut metadata = HashMap::new();
+    if code == Code::ResourceExhausted {
+        metadata.insert("limit".to_owned(), REQUEST_BYTES_MAX.to_string());
+    }
+    let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    let status = Status::with_error_details(code, status.message(), details);
+    tracing::info!(method, code = ?status.code(), message = status.message(), reason, "call refused");
+    status.into_http()
+}
