@@ -109,7 +109,7 @@ async fn grpcurl_lists_describes_and_subscribes() {
     .unwrap();
     let reply: serde_json::Value = serde_json::from_str(&reply).expect("JSON reply");
     assert_eq!(reply["entry"]["sequence"], "2");
-    assert_eq!(reply["entry"]["kind"], "SUBSCRIBED");
+    assert_eq!(reply["entry"]["kind"], "ENTRY_KIND_SUBSCRIBED");
     assert_eq!(reply["offering"]["remainingUnits"], "950");
     // Reflection also describes google.rpc's error details: grpcurl decodes the reason.
     let over_cap = args(&[
