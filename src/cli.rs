@@ -333,9 +333,9 @@ fn print_new_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {
     let (token, digest) = new_token()
         .map_err(|error| anyhow::anyhow!("no randomness from the operating system: {error}"))?;
     let roles: Vec<String> = roles.iter().map(|r| format!("{:?}", r.name())).collect();
-    println!("# The token, for the caller only (send it as \"authorization: Bearer <token>\"):");
-    println!("# {token}");
-    println!("# The block for the auth file, which holds only the token's SHA-256:");
+    println!("# The bearer token, for the caller alone (\"authorization: Bearer <token>\"):");
+    println!("# token: {token}");
+    println!("# The auth-file block, which holds only the token's SHA-256:");
     println!("[[principal]]");
     println!("name = {name:?}");
     println!("roles = [{}]", roles.join(", "));

@@ -16,8 +16,9 @@
 # and comment lines are skipped. A line `NAME=value` or `export NAME=value` (value without spaces)
 # sets a variable for the commands after it. Every other command runs in its own bash, in the
 # server's folder, under a time limit, with localhost:50051 and 127.0.0.1:50051 rewritten to the
-# check's own port (so `cd` and shell functions do not carry over). A command that exits non-zero
-# or outlasts the limit fails the check, naming its README.md line.
+# check's own port and `cargo run -- ` run from the checkout (`cd` and shell functions do not
+# carry over). A command that exits non-zero or outlasts the limit fails the check, naming its
+# README.md line.
 #
 # Run from anywhere; CI runs it from .ci/run before the test suite.
 set -euo pipefail
@@ -122,12 +123,14 @@ for i in "${!cmd_text[@]}"; do
   where="$readme:${cmd_line[$i]}"
   command=${cmd_text[$i]//localhost:50051/127.0.0.1:$port}
   command=${command//127.0.0.1:50051/127.0.0.1:$port}
+  # `cargo run -- ...` as the README means it, from the checkout, while commands run elsewhere.
+  command=${command//cargo run -- /cargo run --quiet --manifest-path \"\$README_CHECK_ROOT/Cargo.toml\" -- }
   [ "${cmd_flags[$i]}" = "$server_flags" ] || start_server "${cmd_flags[$i]}"
   if [[ $command =~ $assignment_re ]]; then
     echo "$command" >>"$vars"
   fi
   set +e
-  (cd "$work" && timeout "$command_seconds" bash -o pipefail -c \
+  (cd "$work" && README_CHECK_ROOT=$root timeout "$command_seconds" bash -o pipefail -c \
     'set -a; . "$1"; set +a; eval "$2"' readme-check "$vars" "$command") \
     </dev/null >"$work/out" 2>&1
   rc=$?

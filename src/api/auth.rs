@@ -524,7 +524,7 @@ where
                 tracing::info!(
                     method,
                     principal,
-                    peer = ?peer_address,
+                    peer = peer_address.map(|a| a.to_string()),
                     code = ?status.code(),
                     message = status.message(),
                     "call refused"
