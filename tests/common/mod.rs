@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
