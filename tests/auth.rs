@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::tls::{self, Name, Pem, Pki, with_token};
+use common::tls::{self, Holder, Pem, Pki, with_token};
 use common::{Client, TestDb, TestServer, assert_status, offering, subscribe};
 use subledger::api::auth::{Authenticator, RPC_ROLES, Role, new_token};
 use subledger::proto;
@@ -44,9 +44,9 @@ impl Setup {
             ("spiffe://subledger.test/auditor", Role::Reader),
         ] {
             let certificate = match name {
-                "reader" => pki.client(Name::Dns(name)),
-                "subscriber" => pki.client(Name::CommonName(name)),
-                _ => pki.client(Name::Uri(name)),
+                "reader" => pki.client(Holder::Dns(name)),
+                "subscriber" => pki.client(Holder::CommonName(name)),
+                _ => pki.client(Holder::Uri(name)),
             };
             principals.push(Principal {
                 name,
@@ -55,7 +55,7 @@ impl Setup {
                 certificate,
             });
         }
-        let stranger = pki.client(Name::Dns("stranger.example"));
+        let stranger = pki.client(Holder::Dns("stranger.example"));
         let dir = tempfile::tempdir().unwrap();
         let auth_file = dir.path().join("auth.toml");
         let setup = Self {
@@ -343,7 +343,7 @@ async fn a_certificate_from_another_ca_fails_the_handshake(db: TestDb) {
     let setup = Setup::new();
     let server = setup.start(&db).await;
     let other = Pki::new("another CA");
-    let outsider = other.client(Name::Dns("operator"));
+    let outsider = other.client(Holder::Dns("operator"));
     // TLS 1.3 may report the refusal at the first call rather than at connect.
     let refused = match tls::connect(server.address, &setup.pki.ca_pem, Some(&outsider)).await {
         Err(_) => true,

@@ -10,7 +10,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerT
 use super::Client;
 
 /// How a client certificate names its holder.
-pub enum Name<'a> {
+pub enum Holder<'a> {
     /// A DNS subject alternative name.
     Dns(&'a str),
     /// A URI subject alternative name.
@@ -55,23 +55,23 @@ impl Pki {
         }
     }
 
-    pub fn client(&self, name: Name<'_>) -> Pem {
+    pub fn client(&self, name: Holder<'_>) -> Pem {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         let cn = match name {
-            Name::Dns(dns) => {
+            Holder::Dns(dns) => {
                 params
                     .subject_alt_names
                     .push(SanType::DnsName(dns.try_into().unwrap()));
                 "client"
             }
-            Name::Uri(uri) => {
+            Holder::Uri(uri) => {
                 params
                     .subject_alt_names
                     .push(SanType::URI(uri.try_into().unwrap()));
                 "client"
             }
-            Name::CommonName(cn) => cn,
+            Holder::CommonName(cn) => cn,
         };
         params.distinguished_name.push(DnType::CommonName, cn);
         Pem {
