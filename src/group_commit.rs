@@ -272,3 +272,128 @@ impl<S: Store> Drop for WorkerGuard<'_, S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::{Semaphore, broadcast};
+
+    use super::*;
+    use crate::ledger::verify::Report;
+    use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
+    use crate::store::{Change, HistoryQuery};
+
+    /// A store whose transactions wait until the test lets them through, and then apply nothing
+    /// (every request is answered "offering not found"): enough to fill the committer's queues.
+    #[derive(Clone)]
+    struct GatedStore {
+        gate: Arc<Semaphore>,
+    }
+
+    impl Store for GatedStore {
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn create_offering(
+            &self,
+            _: &NewOffering,
+        ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
+            unreachable!("the committer never creates")
+        }
+
+        async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
+            let _pass = self.gate.acquire().await.expect("gate open");
+            Ok(work
+                .iter()
+                .map(|item| {
+                    let missing = Rejection::OfferingNotFound {
+                        offering_id: item.offering_id.to_string(),
+                    };
+                    item.requests.iter().map(|_| Err(missing.clone())).collect()
+                })
+                .collect())
+        }
+
+        async fn get_offering(&self, _: &str) -> Result<Option<Offering>, StoreError> {
+            Ok(None)
+        }
+
+        async fn list_offerings(
+            &self,
+            _: Option<&str>,
+            _: u32,
+        ) -> Result<Vec<Offering>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        async fn get_position(&self, _: &str, _: &str) -> Result<Option<Position>, StoreError> {
+            Ok(None)
+        }
+
+        async fn verify_offering(&self, _: &str) -> Result<Option<Report>, StoreError> {
+            Ok(None)
+        }
+
+        async fn list_history(&self, _: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
+            Ok(Vec::new())
+        }
+
+        fn changes(&self) -> broadcast::Receiver<Change> {
+            broadcast::channel(1).1
+        }
+    }
+
+    fn request(n: usize) -> Request {
+        Request {
+            request_id: format!("r{n}"),
+            actor: "test".into(),
+            command: Command::Subscribe {
+                investor_id: "alice".into(),
+                units: 1,
+            },
+        }
+    }
+
+    /// While the database is stuck, queues fill up to their bounds and no further: one
+    /// offering's at QUEUE_REQUESTS_MAX, all of them together at QUEUED_REQUESTS_TOTAL_MAX.
+    /// Once it moves again, every request that was queued is answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queues_are_bounded_per_offering_and_per_process() {
+        let gate = Arc::new(Semaphore::new(0));
+        let committer = GroupCommitter::new(GatedStore { gate: gate.clone() });
+        let mut queued = Vec::new();
+        // Polled once, a submission is queued (Pending) or refused (Ready) at once.
+        let mut submit_until_full = |offering: &dyn Fn(usize) -> String, n: &mut usize| loop {
+            let (committer, offering_id, request) = (committer.clone(), offering(*n), request(*n));
+            let mut call = Box::pin(async move { committer.submit(&offering_id, request).await });
+            *n += 1;
+            match futures::FutureExt::now_or_never(&mut call) {
+                None => queued.push(call),
+                Some(Err(full)) => return full,
+                Some(Ok(outcome)) => panic!("answered while the store is stuck: {outcome:?}"),
+            }
+        };
+        let mut n = 0;
+        let full = submit_until_full(&|_| "hot".to_owned(), &mut n);
+        assert_eq!(full.scope, QueueScope::Offering);
+        // The transactions in flight took some requests of "hot"; its queue holds the rest.
+        let in_flight = n - 1 - QUEUE_REQUESTS_MAX;
+        assert!((1..=TRANSACTIONS_IN_FLIGHT_MAX * BATCH_REQUESTS_MAX).contains(&in_flight));
+        let full = submit_until_full(&|n| format!("o{}", n % 64), &mut n);
+        assert_eq!(full.scope, QueueScope::Replica);
+        assert_eq!(
+            lock(&committer.state).queued_total,
+            QUEUED_REQUESTS_TOTAL_MAX
+        );
+
+        gate.add_permits(1_000_000);
+        for call in queued {
+            let outcome = call.await;
+            assert!(matches!(
+                outcome,
+                Ok(Ok(Err(Rejection::OfferingNotFound { .. })))
+            ));
+        }
+        assert_eq!(lock(&committer.state).queued_total, 0);
+    }
+}

@@ -138,3 +138,110 @@ async fn grpcurl_lists_describes_and_subscribes() {
     .unwrap();
     assert!(health.contains("SERVING"), "{health}");
 }
+
+/// grpcurl as an operator would use it against a secured server: mutual TLS, a client
+/// certificate and a bearer token; the token's principal is recorded as the actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcurl_over_mutual_tls_with_a_token() {
+    use std::sync::Arc;
+
+    use common::tls::{Holder, Pki};
+    use subledger::api::auth::{Authenticator, new_token};
+    use subledger::server::ServerConfig;
+
+    if !grpcurl_installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let pki = Pki::new("grpcurl test CA");
+    let client = pki.client(Holder::Dns("checkout-host"));
+    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(path("client.pem"), &client.cert).unwrap();
+    std::fs::write(path("client.key"), &client.key).unwrap();
+    let (token, digest) = new_token().unwrap();
+    std::fs::write(
+        path("auth.toml"),
+        format!(
+            "[[principal]]\nname = \"checkout\"\nroles = [\"operator\"]\ntoken_sha256 = \"{digest}\"\n"
+        ),
+    )
+    .unwrap();
+    let db = TestDb::new(Backend::Sqlite).await.unwrap();
+    let server = db
+        .start_server_with(ServerConfig {
+            tls: Some(pki.server_tls(true)),
+            authenticator: Arc::new(
+                Authenticator::from_file(dir.path().join("auth.toml").as_path()).unwrap(),
+            ),
+            ..ServerConfig::default()
+        })
+        .await;
+    let address = format!("localhost:{}", server.address.port());
+    let header = format!("authorization: Bearer {token}");
+    let secured = |extra: &[&str], data: &str, method: &str| {
+        let mut args: Vec<String> = [
+            "-cacert",
+            &path("ca.pem"),
+            "-cert",
+            &path("client.pem"),
+            "-key",
+            &path("client.key"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend([
+            "-d".to_owned(),
+            data.to_owned(),
+            address.clone(),
+            format!("subledger.v1.SubscriptionLedger/{method}"),
+        ]);
+        args
+    };
+    let run = |args: Vec<String>, ok: bool| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            if ok {
+                grpcurl(&args)
+            } else {
+                grpcurl_error(&args)
+            }
+        })
+    };
+    run(
+        secured(
+            &["-H", &header],
+            r#"{"offering_id":"tower-9","name":"Tower 9","max_units":100,"request_id":"c9"}"#,
+            "CreateOffering",
+        ),
+        true,
+    )
+    .await
+    .unwrap();
+    let reply = run(
+        secured(
+            &["-H", &header],
+            r#"{"offering_id":"tower-9","investor_id":"alice","units":5,"request_id":"s9"}"#,
+            "Subscribe",
+        ),
+        true,
+    )
+    .await
+    .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply["entry"]["actor"], "checkout");
+    // The certificate alone names no principal: refused, with the reason decoded.
+    let error = run(
+        secured(&[], r#"{"offering_id":"tower-9"}"#, "GetOffering"),
+        false,
+    )
+    .await
+    .unwrap();
+    assert!(
+        error.contains("Unauthenticated") && error.contains(r#""reason":"UNAUTHENTICATED""#),
+        "{error}"
+    );
+    assert!(!error.contains(&token));
+}

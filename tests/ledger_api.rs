@@ -524,6 +524,12 @@ async fn malformed_requests_name_the_field(db: TestDb) {
     bad = offering("ok", 10, 0);
     bad.name = String::new();
     assert_invalid(client.create_offering(bad).await, "name");
+    // Characters that make a name display as another: a bidi override, a zero-width space.
+    for disguise in ["Tower \u{202E}7 rewoT", "Tower\u{200B}7"] {
+        bad = offering("ok", 10, 0);
+        bad.name = disguise.into();
+        assert_invalid(client.create_offering(bad).await, "name");
+    }
     bad = offering("ok", 10, 0);
     bad.request_id = "no/slashes".into();
     assert_invalid(client.create_offering(bad).await, "request_id");

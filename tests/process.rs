@@ -294,6 +294,26 @@ async fn startup_failures_are_one_clear_line() {
         .await,
         "cannot open SQLite database",
     );
+    // Secure by default: no anonymous service on a network address.
+    let (_, lines) = run_binary(&["serve", "--listen", "0.0.0.0:0"]).await;
+    assert_fails_with_one_line(
+        run_binary(&["serve", "--listen", "0.0.0.0:0"]).await,
+        "--auth-file",
+    );
+    assert!(lines[0].contains("--allow-anonymous"), "{lines:?}");
+    let broken_auth = dir.path().join("auth.toml");
+    std::fs::write(&broken_auth, "[[principal]]\nname = \"x\"\n").unwrap();
+    assert_fails_with_one_line(
+        run_binary(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--auth-file",
+            broken_auth.to_str().unwrap(),
+        ])
+        .await,
+        "missing field `roles`",
+    );
     // Flag errors are clap's: the error, then a hint to --help.
     let (success, lines) = run_binary(&["serve", "--listen", "256.0.0.1:1"]).await;
     assert!(
@@ -387,5 +407,128 @@ async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
         ),
         (Some("INFO"), Some("FailedPrecondition")),
         "{refused}"
+    );
+}
+
+/// `subledger token new` output: the token on its own line, then the block for the auth file.
+fn new_token(name: &str, role: &str) -> (String, String) {
+    let output = std::process::Command::new(BINARY)
+        .args(["token", "new", "--name", name, "--role", role])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let text = String::from_utf8(output.stdout).unwrap();
+    let token = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# token: "))
+        .expect("a token line")
+        .to_owned();
+    let block: String = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        !block.contains(&token),
+        "the auth file block holds only the digest"
+    );
+    (token, block)
+}
+
+/// SIGHUP re-reads the auth file: a token added works without a restart, one removed stops
+/// working, and a file that does not parse leaves the principals as they were (and says why).
+#[tokio::test]
+async fn sighup_reloads_the_auth_file_and_a_broken_one_keeps_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let auth_file = dir.path().join("auth.toml");
+    let (old_token, old_block) = new_token("old", "operator");
+    let (new_token, new_block) = new_token("new", "reader");
+    std::fs::write(&auth_file, &old_block).unwrap();
+    let address = free_address();
+    let mut child = Command::new(BINARY)
+        .args([
+            "serve",
+            "--listen",
+            &address.to_string(),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--auth-file",
+            auth_file.to_str().unwrap(),
+        ])
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let collected = log.clone();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            collected
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    let server = ServerProcess { child, address };
+    let mut client = server.client().await;
+    let list = |token: &str| {
+        let mut request = tonic::Request::new(subledger::proto::ListOfferingsRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    /// Waits for a token's answer to become `allowed` (the reload is asynchronous to the signal).
+    async fn settles(
+        client: &mut Client,
+        request: impl Fn() -> tonic::Request<subledger::proto::ListOfferingsRequest>,
+        allowed: bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let result = client.list_offerings(request()).await;
+            match (&result, allowed) {
+                (Ok(_), true) => return,
+                (Err(status), false) if status.code() == tonic::Code::Unauthenticated => return,
+                _ => {}
+            }
+            assert!(tokio::time::Instant::now() < deadline, "still {result:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    settles(&mut client, || list(&old_token), true).await;
+    settles(&mut client, || list(&new_token), false).await;
+
+    std::fs::write(&auth_file, format!("{old_block}{new_block}")).unwrap();
+    server.signal("-HUP");
+    settles(&mut client, || list(&new_token), true).await;
+
+    std::fs::write(&auth_file, &new_block).unwrap();
+    server.signal("-HUP");
+    settles(&mut client, || list(&old_token), false).await;
+
+    std::fs::write(&auth_file, "[[principal]\nthis is not toml").unwrap();
+    server.signal("-HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !log.lock().unwrap().contains("auth file not reloaded") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line about the broken file"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    settles(&mut client, || list(&new_token), true).await;
+    settles(&mut client, || list(&old_token), false).await;
+    assert!(
+        !log.lock().unwrap().contains(&new_token),
+        "a token never appears in the log"
     );
 }

@@ -163,7 +163,13 @@ impl Principals {
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
-        let file: AuthFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        // One line, for the log and for a start-up error: toml's own Display draws the source.
+        let file: AuthFile = toml::from_str(text).map_err(|error| {
+            let line = error
+                .span()
+                .map_or(0, |span| text[..span.start].matches('\n').count() + 1);
+            format!("line {line}: {}", error.message().trim())
+        })?;
         let mut principals = Self::default();
         let mut digests = HashSet::new();
         for entry in file.principals {

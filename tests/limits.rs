@@ -1,0 +1,403 @@
+//! Limits against abuse, hit as an attacker would hit them: each answered as specified (a closed
+//! connection, or RESOURCE_EXHAUSTED / INVALID_ARGUMENT with an ErrorInfo) while other calls go
+//! on succeeding.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut};
+use common::{TestDb, TestServer, assert_status, offering};
+use subledger::api::ServiceLimits;
+use subledger::proto;
+use subledger::server::{ConnectionLimits, ServerConfig};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+fn config(
+    max_connections: usize,
+    idle_timeout: Duration,
+    max_watch_streams: usize,
+) -> ServerConfig {
+    ServerConfig {
+        connections: ConnectionLimits {
+            max_connections,
+            idle_timeout,
+        },
+        service: ServiceLimits { max_watch_streams },
+        ..ServerConfig::default()
+    }
+}
+
+/// True once the server has closed `stream` (EOF or reset), reading whatever it sent first.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0u8; 1024];
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn get_offering_works(server: &TestServer) {
+    let mut client = server.client().await;
+    client
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: "deal".into(),
+        })
+        .await
+        .expect("an unrelated call succeeds");
+}
+
+/// 2,000 connections that never send a byte are held no longer than the idle timeout, and do
+/// not keep a real client out meanwhile.
+async fn idle_connections_are_closed_after_the_timeout(db: TestDb) {
+    let server = db
+        .start_server_with(config(10_000, Duration::from_secs(2), 1000))
+        .await;
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let mut idle = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(server.address).await.expect("connect"));
+    }
+    get_offering_works(&server).await;
+    let started = Instant::now();
+    for stream in &mut idle {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "an idle connection was still open {:?} after the test began waiting",
+            started.elapsed()
+        );
+    }
+    get_offering_works(&server).await;
+}
+
+/// Past the connection cap a new connection is closed at once; once the idle ones time out,
+/// clients get in again.
+async fn connections_past_the_cap_are_closed(db: TestDb) {
+    let server = db
+        .start_server_with(config(20, Duration::from_secs(2), 1000))
+        .await;
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(server.address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut one_too_many = TcpStream::connect(server.address).await.unwrap();
+    assert!(
+        closed_within(&mut one_too_many, Duration::from_millis(1500)).await,
+        "the connection past the cap is closed before the idle timeout"
+    );
+    // The idle ones go after the timeout, and make room.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    get_offering_works(&server).await;
+}
+
+async fn watch_streams_past_the_limit_are_refused(db: TestDb) {
+    let server = db
+        .start_server_with(config(10_000, Duration::from_secs(60), 2))
+        .await;
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let watch = || proto::WatchHistoryRequest {
+        offering_id: "deal".into(),
+        after_sequence: 0,
+    };
+    let first = client.watch_history(watch()).await.unwrap();
+    let _second = client.watch_history(watch()).await.unwrap();
+    let status = assert_status(
+        client.watch_history(watch()).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_WATCH_STREAMS",
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(details.error_info().unwrap().metadata["limit"], "2");
+    get_offering_works(&server).await;
+    // A stream that ends gives its place back.
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match client.watch_history(watch()).await {
+            Ok(_) => break,
+            Err(status)
+                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("the freed place was not given back: {status:?}"),
+        }
+    }
+}
+
+/// An offering with `entries` history entries, written straight into the database (consistent
+/// with its head and positions), so that verifying it takes a while.
+async fn grow_offering(db: &TestDb, offering_id: &str, entries: i64) {
+    let series = match db.backend {
+        common::Backend::Postgres => {
+            format!("SELECT g AS n FROM generate_series(2, {entries}) AS g")
+        }
+        common::Backend::Sqlite => format!(
+            "WITH RECURSIVE g(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM g WHERE n < {entries}) SELECT n FROM g"
+        ),
+    };
+    let now = match db.backend {
+        common::Backend::Postgres => "now()",
+        common::Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
+    };
+    db.execute_sql(&format!(
+        "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+            investor_count, status, version, create_time, update_time) \
+         VALUES ('{offering_id}', 'grown', {entries}, 0, {entries} - 1, 1, 1, {entries}, {now}, {now})"
+    ))
+    .await
+    .unwrap();
+    db.execute_sql(&format!(
+        "INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
+            offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
+         SELECT '{offering_id}', 1, 1, '', 0, 0, 0, 'grow-create', {entries}, 0, {now}, 'grower' \
+         UNION ALL \
+         SELECT '{offering_id}', n, 2, 'whale', 1, n - 1, n - 1, 'grow-' || n, 1, 0, {now}, 'grower' FROM ({series}) AS s"
+    ))
+    .await
+    .unwrap();
+    db.execute_sql(&format!(
+        "INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
+         VALUES ('{offering_id}', 'whale', {entries} - 1, {now})"
+    ))
+    .await
+    .unwrap();
+}
+
+/// More VerifyOffering calls than are admitted: the surplus is refused by name, the rest pass,
+/// and an unrelated read stays fast because the verifications cannot take the pool.
+async fn verifications_are_bounded_and_reads_stay_fast(db: TestDb) {
+    let server = db.start_server().await;
+    grow_offering(&db, "grown", 5_000).await;
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..subledger::api::VERIFY_ADMITTED_MAX + 16)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .verify_offering(proto::VerifyOfferingRequest {
+                        offering_id: "grown".into(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut slowest_read = Duration::ZERO;
+    for _ in 0..10 {
+        let started = Instant::now();
+        get_offering_works(&server).await;
+        slowest_read = slowest_read.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut verified, mut refused) = (0, 0);
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(verdict) => {
+                let verdict = verdict.into_inner();
+                assert!(verdict.ok, "{:?}", verdict.problems);
+                assert_eq!(verdict.entries_checked, 5_000);
+                verified += 1;
+            }
+            Err(status) => {
+                assert_status::<()>(
+                    Err(status),
+                    Code::ResourceExhausted,
+                    "TOO_MANY_VERIFICATIONS",
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "{verified} verified, none refused: the calls did not overlap"
+    );
+    assert!(verified >= 2);
+    assert!(
+        slowest_read < Duration::from_secs(1),
+        "GetOffering took {slowest_read:?} while verifications ran"
+    );
+}
+
+/// Sends raw bytes as a request body, whatever the RPC expects.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        src.advance(src.remaining());
+        Ok(Some(()))
+    }
+}
+
+async fn raw_call(
+    server: &TestServer,
+    path: &'static str,
+    body: Vec<u8>,
+    metadata: Option<(&'static str, String)>,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(body);
+    if let Some((key, value)) = metadata {
+        request.metadata_mut().insert(key, value.parse().unwrap());
+    }
+    grpc.unary(
+        request,
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(drop)
+}
+
+/// 24 bodies that are not protobuf, over several RPCs: each the caller's fault, named.
+async fn malformed_bodies_are_invalid_argument(db: TestDb) {
+    let server = db.start_server().await;
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let bodies: [&[u8]; 8] = [
+        &[0xff],                   // a tag with no end
+        &[0x08],                   // a varint field cut short
+        &[0x0a, 0x05, b'a'],       // a length past the end
+        &[0x0f],                   // wire type 7 does not exist
+        &[0x00, 0x01],             // field number 0
+        &[0x0a, 0x02, 0xff, 0xfe], // a string that is not UTF-8
+        &[
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ], // an 11-byte varint
+        &[0x0b],                   // a group that never ends
+    ];
+    let paths = [
+        "/subledger.v1.SubscriptionLedger/Subscribe",
+        "/subledger.v1.SubscriptionLedger/GetOffering",
+        "/subledger.v1.SubscriptionLedger/WatchHistory",
+    ];
+    let mut tried = 0;
+    for path in paths {
+        for body in bodies {
+            let result = raw_call(&server, path, body.to_vec(), None).await;
+            let status = assert_status(result, Code::InvalidArgument, "MALFORMED_REQUEST");
+            assert!(!status.message().is_empty(), "{path} {body:?}");
+            tried += 1;
+        }
+    }
+    assert_eq!(tried, 24);
+    get_offering_works(&server).await;
+}
+
+async fn oversize_messages_and_headers_are_refused_by_name(db: TestDb) {
+    let server = db.start_server().await;
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let get = "/subledger.v1.SubscriptionLedger/GetOffering";
+    // A name field of 100 KB: refused before it is read.
+    let mut body = vec![0x0a, 0xa0, 0x8d, 0x06];
+    body.resize(4 + 100_000, b'a');
+    assert_status(
+        raw_call(&server, get, body, None).await,
+        Code::ResourceExhausted,
+        "MESSAGE_TOO_LARGE",
+    );
+    assert_status(
+        raw_call(
+            &server,
+            get,
+            vec![],
+            Some(("x-padding", "p".repeat(20_000))),
+        )
+        .await,
+        Code::ResourceExhausted,
+        "HEADERS_TOO_LARGE",
+    );
+    assert_status(
+        raw_call(
+            &server,
+            "/subledger.v1.SubscriptionLedger/NoSuchRpc",
+            vec![],
+            None,
+        )
+        .await,
+        Code::Unimplemented,
+        "UNIMPLEMENTED",
+    );
+    get_offering_works(&server).await;
+}
+
+backend_tests!(
+    idle_connections_are_closed_after_the_timeout,
+    connections_past_the_cap_are_closed,
+    watch_streams_past_the_limit_are_refused,
+    verifications_are_bounded_and_reads_stay_fast,
+    malformed_bodies_are_invalid_argument,
+    oversize_messages_and_headers_are_refused_by_name,
+);
