@@ -401,3 +401,26 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     tracing::info!("shutdown requested: finishing calls in flight");
     shutdown.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_and_a_bare_number_is_seconds() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        let unknown = parse_duration("10 parsecs").unwrap_err();
+        assert!(unknown.contains("unknown unit"), "{unknown}");
+        assert!(
+            parse_duration("fast")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert!(parse_duration("0s").unwrap_err().contains("positive"));
+        assert!(parse_duration("").is_err());
+    }
+}

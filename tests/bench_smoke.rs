@@ -70,3 +70,91 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
 }
 
 backend_tests!(bench_scenarios_run_and_verify);
+
+/// `subledger bench` against a secured server: mutual TLS, a client certificate and a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_runs_over_mutual_tls_with_a_token() {
+    use std::sync::Arc;
+
+    use common::tls::{Holder, Pki};
+    use subledger::api::auth::{Authenticator, new_token};
+    use subledger::server::ServerConfig;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let pki = Pki::new("bench test CA");
+    let client = pki.client(Holder::Dns("bench-host"));
+    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(path("client.pem"), &client.cert).unwrap();
+    std::fs::write(path("client.key"), &client.key).unwrap();
+    let (token, digest) = new_token().unwrap();
+    let auth = format!(
+        "[[principal]]\nname = \"bench\"\nroles = [\"operator\"]\ntoken_sha256 = \"{digest}\"\n"
+    );
+    std::fs::write(path("auth.toml"), auth).unwrap();
+    let db = TestDb::new(common::Backend::Sqlite).await.unwrap();
+    let server = db
+        .start_server_with(ServerConfig {
+            tls: Some(pki.server_tls(true)),
+            authenticator: Arc::new(
+                Authenticator::from_file(dir.path().join("auth.toml").as_path()).unwrap(),
+            ),
+            ..ServerConfig::default()
+        })
+        .await;
+    let target = format!("https://localhost:{}", server.address.port());
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
+        .args([
+            "bench",
+            "--target",
+            &target,
+            "--scenario",
+            "hot",
+            "--concurrency",
+            "8",
+            "--requests",
+            "200",
+            "--json",
+            "--tls-ca",
+            &path("ca.pem"),
+            "--tls-cert",
+            &path("client.pem"),
+            "--tls-key",
+            &path("client.key"),
+        ])
+        .env("SUBLEDGER_TOKEN", &token)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["codes"]["Ok"], 200, "{report}");
+    // Without the token the same certificate names no principal.
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
+        .args([
+            "bench",
+            "--target",
+            &target,
+            "--requests",
+            "10",
+            "--json",
+            "--tls-ca",
+            &path("ca.pem"),
+            "--tls-cert",
+            &path("client.pem"),
+            "--tls-key",
+            &path("client.key"),
+        ])
+        .env_remove("SUBLEDGER_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("no bearer token was sent"), "{stderr}");
+}

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,12 +15,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::proto::subscription_ledger_client::SubscriptionLedgerClient;
 use crate::proto::{self};
 
-type Client = SubscriptionLedgerClient<Channel>;
+type Client = SubscriptionLedgerClient<InterceptedService<Channel, BearerToken>>;
 
 /// HTTP/2 connections per target: one connection serializes its frames on one socket.
 const CONNECTIONS_PER_TARGET: usize = 4;
@@ -52,9 +56,10 @@ pub struct BenchArgs {
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// How long to send calls, in seconds (ignored with --requests).
-    #[arg(long, default_value_t = 10.0)]
-    duration: f64,
+    /// How long to send calls: 10s, 2m, 500ms; a bare number is seconds (ignored with
+    /// --requests).
+    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    duration: Duration,
     /// Stop after this many calls instead of after --duration.
     #[arg(long)]
     requests: Option<u64>,
@@ -72,6 +77,36 @@ pub struct BenchArgs {
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
+    /// Bearer token sent with every call (`authorization: Bearer <token>`).
+    #[arg(long, env = "SUBLEDGER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// CA (PEM) that signed the servers' certificates; https:// targets.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// Adds the bearer token, if any, to every call.
+#[derive(Clone)]
+struct BearerToken(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for BearerToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
 }
 
 #[derive(Serialize)]
@@ -196,7 +231,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--concurrency, --offerings and --sellout-units must be positive and --target given");
     }
-    let clients = connect(&args.targets).await?;
+    let clients = connect(&args).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let offering_ids = if args.existing_offerings.is_empty() || args.scenario == Scenario::Sellout {
         create_offerings(&clients, &args, &run_id).await?
@@ -211,7 +246,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         deadline: args
             .requests
             .is_none()
-            .then(|| Instant::now() + Duration::from_secs_f64(args.duration)),
+            .then(|| Instant::now() + args.duration),
         requests_max: args.requests,
         calls_started: AtomicU64::new(0),
         calls_done: AtomicU64::new(0),
@@ -267,13 +302,27 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// Connections ordered target by target within each round ([t1, t2, t3, t1, t2, t3, ...]), so
 /// that worker w, which uses connection w % len, loads target w % targets: every replica gets
 /// the same share of the calls in flight, whatever --concurrency is.
-async fn connect(targets: &[String]) -> anyhow::Result<Vec<Client>> {
+async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
+    let token = match &args.token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .context("--token is not a valid header value")?,
+        ),
+        None => None,
+    };
+    let tls = client_tls(args)?;
     let mut endpoints = Vec::new();
-    for target in targets {
-        let endpoint = Endpoint::from_shared(target.clone())
+    for target in &args.targets {
+        let mut endpoint = Endpoint::from_shared(target.clone())
             .with_context(|| format!("bad --target {target:?}"))?
             .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = &tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .with_context(|| format!("TLS for {target}"))?;
+        }
         endpoints.push((target, endpoint));
     }
     let mut clients = Vec::new();
@@ -283,10 +332,31 @@ async fn connect(targets: &[String]) -> anyhow::Result<Vec<Client>> {
                 .connect()
                 .await
                 .with_context(|| format!("cannot connect to {target}"))?;
-            clients.push(SubscriptionLedgerClient::new(channel));
+            clients.push(SubscriptionLedgerClient::with_interceptor(
+                channel,
+                BearerToken(token.clone()),
+            ));
         }
     }
     Ok(clients)
+}
+
+/// TLS from --tls-ca, --tls-cert and --tls-key; None when none is given.
+fn client_tls(args: &BenchArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if args.tls_ca.is_none() && args.tls_cert.is_none() {
+        return Ok(None);
+    }
+    let read = |path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &args.tls_ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
 }
 
 async fn create_offerings(
