@@ -103,6 +103,9 @@ struct ServeArgs {
     /// WatchHistory streams open at once on this process.
     #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = 1_000)]
     max_watch_streams: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
+    #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -222,7 +225,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.database.database()?;
-    let config = server_config(&args)?;
+    let mut config = server_config(&args)?;
+    if let Some(address) = args.metrics_listen {
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {address}"))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+        config.metrics_listener = Some(listener);
+    }
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -279,6 +289,7 @@ fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
         service: ServiceLimits {
             max_watch_streams: args.max_watch_streams,
         },
+        metrics_listener: None,
     })
 }
 

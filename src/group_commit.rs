@@ -14,11 +14,15 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
 use crate::ledger::{Applied, OfferingRequests, Rejection, Request};
 use crate::store::{Store, StoreError};
+use crate::telemetry::metrics::{
+    COMMIT_DURATION, COMMIT_OFFERINGS, COMMIT_REQUESTS, QUEUED_REQUESTS, TRANSACTIONS_IN_FLIGHT,
+};
 
 /// Requests in one transaction at most: bounds lock hold times and a statement's size.
 pub const BATCH_REQUESTS_MAX: usize = 256;
@@ -29,9 +33,9 @@ pub const QUEUE_REQUESTS_MAX: usize = 16 * BATCH_REQUESTS_MAX;
 /// spread over many offerings can pin while the database is slow (each holds its request and
 /// its gRPC call). Four offerings' worth of full queues.
 pub const QUEUED_REQUESTS_TOTAL_MAX: usize = 4 * QUEUE_REQUESTS_MAX;
-/// Transactions in flight at once per process. Fewer in flight means larger batches: spread
-/// over 1,000 offerings with 3 replicas, 8 measured 0.86x the pgbench reference and 2 measured
-/// 2.07x (BENCHMARKS.md). Two, not one, so that a slow transaction does not stall the replica.
+/// Transactions in flight at once per process. Fewer in flight means larger batches, so fewer
+/// commits for the same calls; two, not one, so that a slow transaction does not stall the
+/// replica.
 pub const TRANSACTIONS_IN_FLIGHT_MAX: usize = 2;
 
 /// One request's outcome: applied or rejected by a rule, or its transaction failed as a whole.
@@ -109,6 +113,7 @@ impl<S: Store> GroupCommitter<S> {
                 });
             }
             state.queued_total += 1;
+            metrics::gauge!(QUEUED_REQUESTS).increment(1);
             let pending = Pending { request, reply };
             match state.queued.get_mut(offering_id) {
                 Some(queue) => queue.push(pending),
@@ -149,7 +154,15 @@ impl<S: Store> GroupCommitter<S> {
                 None => break,
             };
             guard.taken = work.iter().map(|item| item.offering_id.clone()).collect();
-            match self.store.apply(&work).await {
+            let requests: usize = work.iter().map(|item| item.requests.len()).sum();
+            metrics::histogram!(COMMIT_REQUESTS).record(requests as f64);
+            metrics::histogram!(COMMIT_OFFERINGS).record(work.len() as f64);
+            metrics::gauge!(TRANSACTIONS_IN_FLIGHT).increment(1);
+            let started = Instant::now();
+            let applied = self.store.apply(&work).await;
+            metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
+            metrics::gauge!(TRANSACTIONS_IN_FLIGHT).decrement(1);
+            match applied {
                 Ok(results) => answer(replies, results),
                 // One offering's trouble (a head locked elsewhere past lock_timeout, say) must
                 // not fail the others that shared its transaction: try each on its own.
@@ -196,6 +209,7 @@ impl<S: Store> GroupCommitter<S> {
             let take = queue.len().min(BATCH_REQUESTS_MAX - taken);
             let batch: Vec<Pending> = queue.drain(..take).collect();
             state.queued_total -= batch.len();
+            metrics::gauge!(QUEUED_REQUESTS).decrement(batch.len() as f64);
             if queue.is_empty() {
                 state.queued.remove(&offering_id);
             }
@@ -340,6 +354,14 @@ mod tests {
 
         fn changes(&self) -> broadcast::Receiver<Change> {
             broadcast::channel(1).1
+        }
+
+        fn pool_stats(&self) -> crate::store::PoolStats {
+            crate::store::PoolStats {
+                size: 0,
+                idle: 0,
+                max: 0,
+            }
         }
     }
 

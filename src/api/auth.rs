@@ -22,8 +22,8 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
+use super::edge::method_name;
 use super::error::ApiError;
-use crate::proto;
 
 /// What a principal may do. Each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
@@ -499,22 +499,18 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         use futures::future::Either;
         let path = request.uri().path();
-        let (service, method) = path
+        let service = path
             .strip_prefix('/')
             .and_then(|p| p.split_once('/'))
-            .unwrap_or(("", path));
+            .map_or("", |(service, _)| service);
         if OPEN_SERVICES.contains(&service) {
             return Either::Left(self.inner.call(request));
         }
+        let method = method_name(path);
         let (peer_address, peer_certificate) = connection_of(&request);
         let credentials = Credentials {
             headers: request.headers(),
             peer_certificate: peer_certificate.as_deref(),
-        };
-        let method = if service == proto::SERVICE_NAME {
-            method
-        } else {
-            path
         };
         match self.authenticator.authorize(method, &credentials) {
             Ok(caller) => {
@@ -527,6 +523,7 @@ where
                     Refusal::Unauthenticated(_) => None,
                 };
                 let status = tonic::Status::from(ApiError::from(refusal));
+                crate::telemetry::metrics::record_refusal(method, status.code());
                 tracing::info!(
                     method,
                     principal,
@@ -559,6 +556,7 @@ fn connection_of<B>(request: &Request<B>) -> (Option<SocketAddr>, Option<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto;
 
     /// The table and the service must list the same RPCs: the descriptor is what tonic serves.
     #[test]

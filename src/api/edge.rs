@@ -15,6 +15,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::error::{ApiError, ERROR_DOMAIN};
+use crate::telemetry::metrics::record_refusal;
 
 /// Header bytes (names and values) one call may send. gRPC metadata is small: a bearer token, a
 /// trace context, a few ids. HTTP/2 itself accepts up to HTTP2_HEADER_LIST_BYTES_MAX, so that a
@@ -25,6 +26,15 @@ pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 256 * 1024;
 /// A request message larger than this is refused before it is read: every subledger request
 /// is a few hundred bytes.
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
+
+/// The name logs and metrics give a call: the RPC's name for the ledger's own RPCs, the whole
+/// path for any other.
+pub fn method_name(path: &str) -> &str {
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(crate::proto::SERVICE_NAME))
+        .and_then(|p| p.strip_prefix('/'))
+        .unwrap_or(path)
+}
 
 #[derive(Clone, Copy, Default)]
 pub struct EdgeLayer;
@@ -59,7 +69,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let method = request.uri().path().to_owned();
+        let method = method_name(request.uri().path()).to_owned();
         let header_bytes: usize = request
             .headers()
             .iter()
@@ -74,6 +84,7 @@ where
                 ),
             });
             tracing::info!(method, code = ?status.code(), message = status.message(), "call refused");
+            record_refusal(&method, status.code());
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         let response = self.inner.call(request);
@@ -113,5 +124,6 @@ fn with_error_info(response: Response<Body>, method: &str) -> Response<Body> {
     let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     let status = Status::with_error_details(code, status.message(), details);
     tracing::info!(method, code = ?status.code(), message = status.message(), reason, "call refused");
+    record_refusal(method, status.code());
     status.into_http()
 }

@@ -192,16 +192,14 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         let (code, reason, metadata) = error.classify();
         let message = match &error {
-            // The caller learns that the database failed, not how: that goes to the log.
-            ApiError::Store(store_error) => {
-                tracing::error!(error = %store_error, "database call failed");
-                match store_error.as_ref() {
-                    StoreError::Unavailable(_) => {
-                        "the database is unavailable; retry with the same request_id".to_owned()
-                    }
-                    _ => "internal error; see the server log".to_owned(),
+            // The caller learns that the database failed, not how: the call's end line in the
+            // log says how (see `api::traced`).
+            ApiError::Store(store_error) => match store_error.as_ref() {
+                StoreError::Unavailable(_) => {
+                    "the database is unavailable; retry with the same request_id".to_owned()
                 }
-            }
+                _ => "internal error; see the server log".to_owned(),
+            },
             other => other.to_string(),
         };
         let metadata: HashMap<String, String> = metadata

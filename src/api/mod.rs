@@ -22,6 +22,7 @@ use crate::group_commit::GroupCommitter;
 use crate::ledger::{self, Applied, Command, CreateOutcome, NewOffering, Position};
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedger};
 use crate::store::{HistoryQuery, Store};
+use crate::telemetry::metrics;
 use error::ApiError;
 
 /// Page-token kinds: a token is only accepted by the listing that made it.
@@ -118,13 +119,20 @@ impl<S: Store> LedgerService<S> {
 
 /// The ids are logged before they are validated, so they are cut to a valid id's length: a
 /// caller cannot write megabytes into the log with one request.
-fn rpc_span(method: &'static str, offering_id: &str, request_id: &str) -> tracing::Span {
-    tracing::info_span!(
+fn rpc_span(method: &'static str, offering_id: &str, request_id: &str) -> Call {
+    let span = tracing::info_span!(
         "rpc",
         method,
         offering_id = cut_for_log(offering_id),
         request_id = cut_for_log(request_id)
-    )
+    );
+    Call { method, span }
+}
+
+/// One call's RPC name and tracing span.
+struct Call {
+    method: &'static str,
+    span: tracing::Span,
 }
 
 fn cut_for_log(id: &str) -> &str {
@@ -135,15 +143,18 @@ fn cut_for_log(id: &str) -> &str {
 /// INFO, server-side failures at ERROR (with the database's own message, which the caller never
 /// sees).
 async fn traced<T>(
-    span: tracing::Span,
+    span: Call,
     call: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<Response<T>, Status> {
+    let Call { method, span } = span;
     let started = Instant::now();
     let result = call.instrument(span.clone()).await;
-    let latency_us = started.elapsed().as_micros() as u64;
+    let elapsed = started.elapsed();
+    let latency_us = elapsed.as_micros() as u64;
     let _entered = span.enter();
     match result {
         Ok(reply) => {
+            metrics::record_call(method, tonic::Code::Ok, elapsed);
             tracing::debug!(code = ?tonic::Code::Ok, latency_us, "call finished");
             Ok(Response::new(reply))
         }
@@ -151,6 +162,7 @@ async fn traced<T>(
             let cause = matches!(error, ApiError::Store(_)).then(|| error.to_string());
             let status = Status::from(error);
             let code = status.code();
+            metrics::record_call(method, code, elapsed);
             match (code, cause) {
                 (tonic::Code::Internal, cause) => {
                     tracing::error!(

@@ -18,6 +18,7 @@ use super::error::ApiError;
 use crate::ledger::{EntryKind, Offering, OfferingStatus};
 use crate::proto;
 use crate::store::{Change, HistoryQuery, Store};
+use crate::telemetry::metrics::WATCH_STREAMS;
 
 pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<proto::HistoryEntry, Status>> + Send>>;
 
@@ -49,7 +50,7 @@ pub fn spawn<S: Store>(
         after_sequence,
         changes,
         sender,
-        _permit: permit,
+        _slot: WatchSlot::new(permit),
     };
     tokio::spawn(watcher.run(shutdown));
     Box::pin(ReceiverStream::new(receiver))
@@ -62,14 +63,32 @@ struct Watcher<S> {
     changes: broadcast::Receiver<Change>,
     sender: mpsc::Sender<Result<proto::HistoryEntry, Status>>,
     /// This stream's place under --max-watch-streams, given back when the watcher ends.
+    _slot: WatchSlot,
+}
+
+/// A place among the open watch streams, counted in the metrics while held.
+struct WatchSlot {
     _permit: OwnedSemaphorePermit,
+}
+
+impl WatchSlot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(WATCH_STREAMS).increment(1);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        metrics::gauge!(WATCH_STREAMS).decrement(1);
+    }
 }
 
 /// Why a watch stops.
 enum End {
     Finalized,
     ClientGone,
-    Failed(Status),
+    Failed(ApiError),
 }
 
 impl<S: Store> Watcher<S> {
@@ -77,9 +96,14 @@ impl<S: Store> Watcher<S> {
         // Shutdown interrupts anything, a send to a client that stopped reading included.
         let end = tokio::select! {
             end = self.stream() => end,
-            () = shutdown.cancelled() => End::Failed(ApiError::ShuttingDown.into()),
+            () = shutdown.cancelled() => End::Failed(ApiError::ShuttingDown),
         };
-        if let End::Failed(status) = end {
+        if let End::Failed(error) = end {
+            // The stream's end line: the call's own span ended when the stream was handed over.
+            if let ApiError::Store(cause) = &error {
+                tracing::warn!(offering_id = %self.offering_id, %cause, "watch stream ended by a database failure");
+            }
+            let status = Status::from(error);
             // Never wait here: a client that reads nothing must not hold the shutdown open.
             let _ = self.sender.try_send(Err(status));
         }
@@ -107,7 +131,7 @@ impl<S: Store> Watcher<S> {
                 .store
                 .list_history(query)
                 .await
-                .map_err(|e| End::Failed(ApiError::from(e).into()))?;
+                .map_err(|e| End::Failed(ApiError::from(e)))?;
             let read = entries.len();
             for entry in entries {
                 self.after_sequence = entry.sequence;

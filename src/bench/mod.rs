@@ -207,6 +207,10 @@ struct Plan {
     requests_max: Option<u64>,
     calls_started: AtomicU64,
     calls_done: AtomicU64,
+    calls_ok: AtomicU64,
+    /// Latencies so far, for the live progress line (on a terminal only: a shared lock per call
+    /// is not something to add to a measured run).
+    live_latency_us: Option<std::sync::Mutex<Histogram<u64>>>,
 }
 
 impl Plan {
@@ -239,6 +243,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         args.existing_offerings.clone()
     };
 
+    let show_progress = !args.json && std::io::stderr().is_terminal();
     let plan = Arc::new(Plan {
         scenario: args.scenario,
         run_id,
@@ -250,10 +255,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         requests_max: args.requests,
         calls_started: AtomicU64::new(0),
         calls_done: AtomicU64::new(0),
+        calls_ok: AtomicU64::new(0),
+        live_latency_us: show_progress.then(|| std::sync::Mutex::new(new_histogram())),
     });
     let started = Instant::now();
-    let progress = (!args.json && std::io::stderr().is_terminal())
-        .then(|| tokio::spawn(show_progress(plan.clone(), started)));
+    let progress = show_progress.then(|| tokio::spawn(progress_line(plan.clone(), args.duration)));
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| {
             tokio::spawn(drive(
@@ -270,7 +276,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let elapsed = started.elapsed();
     if let Some(progress) = progress {
         progress.abort();
-        eprintln!();
+        let _ = progress.await;
     }
 
     let (verified_entries, broken) = verify(&clients[0], &plan.offering_ids).await?;
@@ -470,6 +476,16 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
             tally.sold_out_at = Some(Instant::now());
         }
         tally.record(method, started, code);
+        if let Some(live) = &plan.live_latency_us {
+            let latency_us = (started.elapsed().as_micros() as u64).clamp(1, LATENCY_US_MAX);
+            let _ = live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .record(latency_us);
+        }
+        if code == tonic::Code::Ok {
+            plan.calls_ok.fetch_add(1, Ordering::Relaxed);
+        }
         plan.calls_done.fetch_add(1, Ordering::Relaxed);
     }
     tally
@@ -479,17 +495,53 @@ fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code 
     result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
 }
 
-async fn show_progress(plan: Arc<Plan>, started: Instant) {
+/// A live line on the terminal: progress through the run, calls/s over the last second, ok,
+/// errors and p99 so far. Cleared when the run ends, so the report follows on a clean screen.
+async fn progress_line(plan: Arc<Plan>, duration: Duration) {
+    use indicatif::{ProgressBar, ProgressStyle};
+    let bar = match plan.requests_max {
+        Some(requests) => ProgressBar::new(requests),
+        None => ProgressBar::new(duration.as_millis() as u64),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:24}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = Instant::now();
+    let _clear = ClearOnDrop(bar.clone());
     let mut last = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tick.tick().await;
         let done = plan.calls_done.load(Ordering::Relaxed);
-        eprint!(
-            "\r{:>6.1} s  {done:>10} calls  {:>8} calls/s   ",
-            started.elapsed().as_secs_f64(),
-            done - last
-        );
+        let ok = plan.calls_ok.load(Ordering::Relaxed);
+        let p99_ms = plan.live_latency_us.as_ref().map_or(0.0, |live| {
+            live.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .value_at_quantile(0.99) as f64
+                / 1000.0
+        });
+        bar.set_position(match plan.requests_max {
+            Some(_) => done,
+            None => started.elapsed().as_millis() as u64,
+        });
+        bar.set_message(format!(
+            "{:>8} calls/s  ok {ok}  errors {}  p99 {p99_ms:.2} ms",
+            done - last,
+            done - ok
+        ));
         last = done;
+    }
+}
+
+/// Removes the progress line however the task ends (it is aborted when the run is over).
+struct ClearOnDrop(indicatif::ProgressBar);
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
     }
 }
 

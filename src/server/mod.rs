@@ -20,6 +20,7 @@ use crate::api::edge::{EdgeLayer, HTTP2_HEADER_LIST_BYTES_MAX, REQUEST_BYTES_MAX
 use crate::api::{LedgerService, ServiceLimits};
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedgerServer};
 use crate::store::Store;
+use crate::telemetry::metrics;
 
 /// How long a graceful shutdown waits for calls in flight and open streams before it gives up
 /// on them. Unary calls finish in milliseconds; this bounds only streams that never end.
@@ -41,6 +42,8 @@ pub struct ServerConfig {
     pub authenticator: Arc<Authenticator>,
     pub connections: ConnectionLimits,
     pub service: ServiceLimits,
+    /// Where to serve Prometheus metrics (GET /metrics); None: no metrics are recorded.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             service: ServiceLimits {
                 max_watch_streams: 1_000,
             },
+            metrics_listener: None,
         }
     }
 }
@@ -66,6 +70,8 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC transport: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("metrics: {0}")]
+    Metrics(String),
 }
 
 /// Serves on `listener` until `shutdown` is cancelled and the calls in flight have finished.
@@ -84,6 +90,17 @@ pub async fn serve<S: Store>(
         first,
         shutdown.clone(),
     ));
+    if let Some(listener) = config.metrics_listener {
+        let handle = metrics::install().map_err(ServeError::Metrics)?;
+        let pool = store.clone();
+        // Stops with the server: a shutdown ends it with the ledger service.
+        tokio::spawn(metrics::serve(
+            listener,
+            handle,
+            move || pool.pool_stats(),
+            shutdown.clone(),
+        ));
+    }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let ledger =

@@ -17,6 +17,7 @@ use crate::ledger::verify::Report;
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
+pub use crate::telemetry::metrics::PoolStats;
 
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -191,4 +192,7 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Changes committed from now on, through this process or (PostgreSQL) any replica.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// The connection pool as it is now, for the metrics.
+    fn pool_stats(&self) -> PoolStats;
 }

@@ -12,11 +12,12 @@ use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::rows::{
     EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
 };
-use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
+use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
@@ -36,6 +37,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 pub struct PgStore {
     pool: PgPool,
     changes: broadcast::Sender<Change>,
+    /// Stops the change listener when the last clone of the store is dropped.
+    _listener: Arc<DropGuard>,
 }
 
 impl PgStore {
@@ -57,8 +60,17 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
-        tokio::spawn(forward_notifications(options, changes.downgrade()));
-        Ok(Self { pool, changes })
+        let stop = CancellationToken::new();
+        tokio::spawn(forward_notifications(
+            options,
+            changes.downgrade(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            pool,
+            changes,
+            _listener: Arc::new(stop.drop_guard()),
+        })
     }
 
     /// Applies pending migrations. Safe when several replicas start at once: sqlx takes an
@@ -456,16 +468,34 @@ impl Store for PgStore {
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
     }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: self.pool.options().get_max_connections(),
+        }
+    }
 }
 
 /// Turns NOTIFYs from every replica into [`Change`]s, on a connection of its own (not one of the
-/// pool's, which it would hold forever), reconnecting until the store is dropped.
-async fn forward_notifications(options: PgConnectOptions, changes: broadcast::WeakSender<Change>) {
+/// pool's, which it would hold forever), reconnecting until the store is dropped (`stop`).
+async fn forward_notifications(
+    options: PgConnectOptions,
+    changes: broadcast::WeakSender<Change>,
+    stop: CancellationToken,
+) {
     loop {
-        let error = listen(&options, &changes).await;
+        let error = tokio::select! {
+            () = stop.cancelled() => return,
+            error = listen(&options, &changes) => error,
+        };
         let Some(error) = error else { return };
         tracing::warn!(%error, "change listener lost its connection; watchers poll until it is back");
-        tokio::time::sleep(LISTENER_RETRY).await;
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(LISTENER_RETRY) => {}
+        }
     }
 }
 

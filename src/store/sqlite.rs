@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use super::rows::{
     EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
 };
-use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, Store, StoreError};
+use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
@@ -407,5 +407,13 @@ impl Store for SqliteStore {
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats {
+            size: self.pool.size(),
+            idle: self.pool.num_idle() as u32,
+            max: POOL_CONNECTIONS_MAX,
+        }
     }
 }

@@ -1,4 +1,7 @@
-//! Logging set-up: RUST_LOG filtering (default "info"), text or JSON lines on stderr.
+//! Observability: logging set-up (RUST_LOG filtering, default "info"; text or JSON lines on
+//! stderr) here, Prometheus metrics in [`metrics`].
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

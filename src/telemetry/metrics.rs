@@ -1,0 +1,236 @@
+//! Prometheus metrics: their names in one place, the recorder, and the `/metrics` endpoint.
+//!
+//! The code records through the `metrics` facade at the few places where something happens (a
+//! call ends, a transaction commits, a queue or a watch stream changes size). Without
+//! `--metrics-listen` no recorder is installed and each of those is a no-op. Values that are
+//! states rather than events (database connections, process resources) are read when
+//! /metrics is scraped.
+
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub const RPC_REQUESTS: &str = "subledger_rpc_requests_total";
+pub const RPC_DURATION: &str = "subledger_rpc_duration_seconds";
+pub const COMMIT_REQUESTS: &str = "subledger_commit_requests";
+pub const COMMIT_OFFERINGS: &str = "subledger_commit_offerings";
+pub const COMMIT_DURATION: &str = "subledger_commit_duration_seconds";
+pub const QUEUED_REQUESTS: &str = "subledger_queued_requests";
+pub const TRANSACTIONS_IN_FLIGHT: &str = "subledger_transactions_in_flight";
+pub const DB_CONNECTIONS: &str = "subledger_db_connections";
+pub const WATCH_STREAMS: &str = "subledger_watch_streams";
+pub const BUILD_INFO: &str = "subledger_build_info";
+
+/// Latency buckets in seconds: a commit takes about a millisecond, a call under load tens of
+/// milliseconds, and a lock_timeout 10 s.
+const SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Requests per transaction: up to group commit's BATCH_REQUESTS_MAX (256).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Histograms are drained into their buckets at least this often, so that recorded samples
+/// never pile up between scrapes.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Installs the process-wide recorder (once: a second call returns the first's handle) and
+/// describes every metric.
+pub fn install() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COMMIT_REQUESTS.into()), BATCH_BUCKETS)
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(COMMIT_OFFERINGS.into()), BATCH_BUCKETS)
+                })
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        RPC_REQUESTS,
+        "Calls answered, by RPC and gRPC status code (refusals by the auth and edge layers included)."
+    );
+    describe_histogram!(
+        RPC_DURATION,
+        Unit::Seconds,
+        "Time from a call's arrival at its handler to its answer."
+    );
+    describe_histogram!(
+        COMMIT_REQUESTS,
+        "Requests carried by one transaction of the group committer."
+    );
+    describe_histogram!(
+        COMMIT_OFFERINGS,
+        "Offerings carried by one transaction of the group committer."
+    );
+    describe_histogram!(
+        COMMIT_DURATION,
+        Unit::Seconds,
+        "Time of one group-commit transaction, lock waits and the commit included."
+    );
+    describe_gauge!(
+        QUEUED_REQUESTS,
+        "Mutations waiting for a transaction on this process."
+    );
+    describe_gauge!(
+        TRANSACTIONS_IN_FLIGHT,
+        "Group-commit transactions running on this process."
+    );
+    describe_gauge!(
+        DB_CONNECTIONS,
+        "Database pool connections, by state (idle, in_use) and the pool's maximum (max)."
+    );
+    describe_gauge!(WATCH_STREAMS, "WatchHistory streams open on this process.");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which subledger runs."
+    );
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+}
+
+/// Records the end of one call that reached its handler.
+pub fn record_call(method: &'static str, code: tonic::Code, elapsed: Duration) {
+    metrics::counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
+    metrics::histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// Records a call refused before any handler ran (auth, size limits, a body that does not
+/// decode). `method` is the RPC's name for the ledger's own, the whole path otherwise.
+pub fn record_refusal(method: &str, code: tonic::Code) {
+    metrics::counter!(RPC_REQUESTS, "method" => method.to_owned(), "code" => code_name(code))
+        .increment(1);
+}
+
+/// The code's name as gRPC spells it (OK, INVALID_ARGUMENT, ...): what dashboards filter on.
+fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "OK",
+        C::Cancelled => "CANCELLED",
+        C::Unknown => "UNKNOWN",
+        C::InvalidArgument => "INVALID_ARGUMENT",
+        C::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        C::NotFound => "NOT_FOUND",
+        C::AlreadyExists => "ALREADY_EXISTS",
+        C::PermissionDenied => "PERMISSION_DENIED",
+        C::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        C::FailedPrecondition => "FAILED_PRECONDITION",
+        C::Aborted => "ABORTED",
+        C::OutOfRange => "OUT_OF_RANGE",
+        C::Unimplemented => "UNIMPLEMENTED",
+        C::Internal => "INTERNAL",
+        C::Unavailable => "UNAVAILABLE",
+        C::DataLoss => "DATA_LOSS",
+        C::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Connections of a database pool at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolStats {
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown`; `sample` sets the gauges that are read
+/// at scrape time (the pool's connections) just before each render.
+pub async fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    sample: impl Fn() -> PoolStats + Send + Sync + 'static,
+    shutdown: CancellationToken,
+) {
+    let process = metrics_process::Collector::default();
+    process.describe();
+    let render = std::sync::Arc::new(move || {
+        let pool = sample();
+        metrics::gauge!(DB_CONNECTIONS, "state" => "idle").set(pool.idle);
+        metrics::gauge!(DB_CONNECTIONS, "state" => "in_use")
+            .set(pool.size.saturating_sub(pool.idle));
+        metrics::gauge!(DB_CONNECTIONS, "state" => "max").set(pool.max);
+        process.collect();
+        handle.render()
+    });
+    let upkeep_handle = install().ok();
+    let mut upkeep = tokio::time::interval(UPKEEP_INTERVAL);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = upkeep.tick() => {
+                if let Some(handle) = &upkeep_handle {
+                    handle.run_upkeep();
+                }
+                continue;
+            }
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics listener cannot accept; retrying shortly");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let render = render.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<hyper::body::Incoming>| {
+                let render = render.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(&request, &*render)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %peer, "metrics connection failed");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn respond<B>(request: &Request<B>, render: &dyn Fn() -> String) -> Response<Full<Bytes>> {
+    let (status, body) = match (request.method(), request.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => (StatusCode::OK, render()),
+        (_, "/metrics") => (StatusCode::METHOD_NOT_ALLOWED, "GET only\n".to_owned()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if status == StatusCode::OK {
+        response.headers_mut().insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+    }
+    response
+}
