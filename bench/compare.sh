@@ -6,8 +6,10 @@
 #
 # usage: bench/compare.sh            (defaults below; override with the variables)
 #   SCENARIOS="hot spread"  CONCURRENCIES="64"  REPLICAS="3"  BACKENDS="postgres"  SECONDS_EACH=20
-#   SECURITY="plain"   ("plain mtls": also with mutual TLS, a bearer token and an auth file, to
-#                       measure what securing it costs)
+#   VARIANTS="plain"   how the replicas run, each measured in turn: plain; mtls (mutual TLS, a
+#                      bearer token and an auth file: what securing it costs); metrics
+#                      (--metrics-listen, scraped once a second: what metrics cost)
+#   METRICS_SAVE=FILE   keep the last /metrics scrape of the first replica of a metrics run
 #   PGURL=postgres://postgres@127.0.0.1:5432/postgres   (an admin URL: databases are (re)created there)
 #   SUBLEDGER_PG_ANCHOR=../shared/bench/pg-anchor       (the reference scripts)
 # Prints one line per configuration, then a Markdown table.
@@ -18,7 +20,7 @@ concurrencies=${CONCURRENCIES:-64}
 replica_counts=${REPLICAS:-3}
 backends=${BACKENDS:-postgres}
 secs=${SECONDS_EACH:-20}
-securities=${SECURITY:-plain}
+variants=${VARIANTS:-plain}
 pg_url=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
 anchor=${SUBLEDGER_PG_ANCHOR:-$root/../shared/bench/pg-anchor}
 base_port=${BASE_PORT:-50071}
@@ -59,12 +61,12 @@ make_credentials() {
   bench_token=$(sed -n 's/^# token: //p' "$d/token.txt")
 }
 
-# Starts $1 replicas of subledger on database URL $2, plaintext or (with $3 = mtls) with mutual
-# TLS and the auth file; waits until each listens.
+# Starts $1 replicas of subledger on database URL $2 as variant $3 (plain, mtls or metrics);
+# waits until each listens.
 start_servers() {
-  local count=$1 url=$2 security=${3:-plain} i port scheme=http serve_tls=()
-  targets=() client_tls=()
-  if [ "$security" = mtls ]; then
+  local count=$1 url=$2 variant=${3:-plain} i port scheme=http serve_tls=() serve_metrics=()
+  targets=() client_tls=() metrics_ports=()
+  if [ "$variant" = mtls ]; then
     local d=$work/tls
     scheme=https
     serve_tls=(--tls-cert "$d/server.pem" --tls-key "$d/server.key" --tls-client-ca "$d/ca.pem" --auth-file "$d/auth.toml")
@@ -72,14 +74,18 @@ start_servers() {
   fi
   for i in $(seq 0 $((count - 1))); do
     port=$((base_port + i))
-    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "$url" "${serve_tls[@]}" 2>>"$work/server.log" &
+    if [ "$variant" = metrics ]; then
+      serve_metrics=(--metrics-listen "127.0.0.1:$((port + 100))")
+      metrics_ports+=($((port + 100)))
+    fi
+    RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "$url" "${serve_tls[@]}" "${serve_metrics[@]}" 2>>"$work/server.log" &
     pids+=($!)
     targets+=(--target "$scheme://localhost:$port")
     for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   done
 }
 
-[[ " $securities " == *" mtls "* ]] && make_credentials
+[[ " $variants " == *" mtls "* ]] && make_credentials
 rows=()
 for scenario in $scenarios; do
   offerings=1; [ "$scenario" = spread ] && offerings=1000
@@ -94,7 +100,7 @@ for scenario in $scenarios; do
     echo "$anchor_line"
     for backend in $backends; do
       for replicas in $replica_counts; do
-       for security in $securities; do
+       for variant in $variants; do
         if [ "$backend" = postgres ]; then
           PGOPTIONS='-c client_min_messages=warning' psql -q "$pg_url" -c 'DROP DATABASE IF EXISTS subledger_bench WITH (FORCE)' -c 'CREATE DATABASE subledger_bench'
           url=${pg_url%/*}/subledger_bench
@@ -102,12 +108,22 @@ for scenario in $scenarios; do
           rm -rf "$work/sqlite" && mkdir -p "$work/sqlite"
           url=sqlite://$work/sqlite/subledger.db
         fi
-        start_servers "$replicas" "$url" "$security"
+        start_servers "$replicas" "$url" "$variant"
+        # Prometheus scrapes every replica once a second meanwhile, as a real one would.
+        scraper=''
+        if [ "${#metrics_ports[@]}" -gt 0 ]; then
+          ( while :; do for p in "${metrics_ports[@]}"; do curl -sf "http://127.0.0.1:$p/metrics" >"$work/metrics-$p.txt" || true; done; sleep 1; done ) &
+          scraper=$!
+        fi
         sleep 1
         idle=(); for pid in "${pids[@]}"; do idle+=("$(rss_mb "$pid" VmRSS)"); done
         "$bin" bench "${targets[@]}" "${client_tls[@]}" --scenario "$scenario" --offerings "$offerings" \
           --concurrency "$concurrency" --duration "$secs" --json >"$work/report.json"
         peak=(); for pid in "${pids[@]}"; do peak+=("$(rss_mb "$pid" VmHWM)"); done
+        if [ -n "$scraper" ]; then
+          kill "$scraper" 2>/dev/null || true; wait "$scraper" 2>/dev/null || true
+          [ -z "${METRICS_SAVE:-}" ] || cp "$work/metrics-${metrics_ports[0]}.txt" "$METRICS_SAVE"
+        fi
         stop_servers
         read -r calls p50 p99 ok errors < <(python3 -c '
 import json, sys
@@ -115,10 +131,10 @@ r = json.load(open(sys.argv[1]))
 errors = sum(n for code, n in r["codes"].items() if code != "Ok")
 print(round(r["calls_per_s"]), r["latency_ms"]["p50"], r["latency_ms"]["p99"], round(r["ok_per_s"]), errors)' "$work/report.json")
         ratio=$(python3 -c 'import sys; print(f"{float(sys.argv[1]) / float(sys.argv[2]):.2f}" if sys.argv[2] else "n/a")' "$ok" "$anchor_tps")
-        echo "subledger scenario=$scenario backend=$backend replicas=$replicas security=$security concurrency=$concurrency seconds=$secs" \
+        echo "subledger scenario=$scenario backend=$backend replicas=$replicas variant=$variant concurrency=$concurrency seconds=$secs" \
              "ok_per_s=$ok errors=$errors p50_ms=$p50 p99_ms=$p99 pgbench_tps=${anchor_tps:-n/a} ratio=$ratio" \
              "idle_rss_mb_max=$(max_of "${idle[@]}") peak_rss_mb_max=$(max_of "${peak[@]}")"
-        rows+=("| $scenario | $backend | $replicas | $security | $concurrency | $ok | $p50 | $p99 | ${anchor_tps:-n/a} | **$ratio** | $(max_of "${idle[@]}") | $(max_of "${peak[@]}") |")
+        rows+=("| $scenario | $backend | $replicas | $variant | $concurrency | $ok | $p50 | $p99 | ${anchor_tps:-n/a} | **$ratio** | $(max_of "${idle[@]}") | $(max_of "${peak[@]}") |")
        done
       done
     done
@@ -126,6 +142,6 @@ print(round(r["calls_per_s"]), r["latency_ms"]["p50"], r["latency_ms"]["p99"], r
 done
 
 echo
-echo "| scenario | backend | replicas | security | in flight | subledger ok/s | p50 ms | p99 ms | pgbench multi.sql tps | ratio | idle RSS MB | peak RSS MB |"
+echo "| scenario | backend | replicas | variant | in flight | subledger ok/s | p50 ms | p99 ms | pgbench multi.sql tps | ratio | idle RSS MB | peak RSS MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${rows[@]}"
