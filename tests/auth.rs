@@ -208,6 +208,21 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             }))
             .await
             .map(drop),
+        "AllocateOffering" => client
+            .allocate_offering(r!(proto::AllocateOfferingRequest {
+                offering_id: "nope".into(),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
+        "AmendOffering" => client
+            .amend_offering(r!(proto::AmendOfferingRequest {
+                offering_id: "nope".into(),
+                name: Some("Renamed".into()),
+                ..Default::default()
+            }))
+            .await
+            .map(drop),
         other => {
             panic!("the role matrix has no call for {other}: add one (and a row in RPC_ROLES)")
         }

@@ -68,6 +68,8 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("ListHistory", Role::Reader),
     ("WatchHistory", Role::Reader),
     ("VerifyOffering", Role::Reader),
+    ("AllocateOffering", Role::Operator),
+    ("AmendOffering", Role::Operator),
 ];
 
 /// Services any caller may use without a credential: load balancers probe health, and grpcurl
@@ -81,7 +83,7 @@ const OPEN_SERVICES: &[&str] = &[
 /// The actor recorded when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 /// Names that mean something else in the history, so no principal may take them.
-const RESERVED_NAMES: &[&str] = &[ANONYMOUS, "unknown"];
+const RESERVED_NAMES: &[&str] = &[ANONYMOUS, "unknown", crate::ledger::SYSTEM_ACTOR];
 /// Principal names are recorded in every history entry: short, and printable without escapes.
 const PRINCIPAL_NAME_CHARS_MAX: usize = 128;
 

@@ -1,6 +1,8 @@
-//! Domain -> protobuf, at the edge and nowhere else.
+//! Domain <-> protobuf, at the edge and nowhere else.
 
-use crate::ledger::{Applied, Entry, EntryKind, Offering, OfferingStatus, Position, Timestamp};
+use crate::ledger::{
+    Allocation, Applied, Entry, EntryKind, Offering, OfferingStatus, Position, Terms, Timestamp,
+};
 use crate::proto;
 
 pub fn timestamp(time: Timestamp) -> prost_types::Timestamp {
@@ -15,6 +17,7 @@ fn status(status: OfferingStatus) -> proto::OfferingStatus {
         OfferingStatus::Open => proto::OfferingStatus::Open,
         OfferingStatus::Closed => proto::OfferingStatus::Closed,
         OfferingStatus::Finalized => proto::OfferingStatus::Finalized,
+        OfferingStatus::Allocated => proto::OfferingStatus::Allocated,
     }
 }
 
@@ -25,6 +28,34 @@ fn kind(kind: EntryKind) -> proto::EntryKind {
         EntryKind::Cancelled => proto::EntryKind::Cancelled,
         EntryKind::OfferingClosed => proto::EntryKind::OfferingClosed,
         EntryKind::OfferingFinalized => proto::EntryKind::OfferingFinalized,
+        EntryKind::Allocated => proto::EntryKind::Allocated,
+        EntryKind::OfferingAmended => proto::EntryKind::OfferingAmended,
+    }
+}
+
+fn allocation(allocation: Allocation) -> proto::Allocation {
+    match allocation {
+        Allocation::FirstCome => proto::Allocation::FirstCome,
+        Allocation::ProRata => proto::Allocation::ProRata,
+    }
+}
+
+/// A request's allocation; UNSPECIFIED means first come (what every offering did before).
+pub fn allocation_of(value: i32) -> Option<Allocation> {
+    match proto::Allocation::try_from(value).ok()? {
+        proto::Allocation::Unspecified | proto::Allocation::FirstCome => {
+            Some(Allocation::FirstCome)
+        }
+        proto::Allocation::ProRata => Some(Allocation::ProRata),
+    }
+}
+
+fn terms(terms: Terms) -> proto::OfferingTerms {
+    proto::OfferingTerms {
+        name: terms.name,
+        max_units: terms.max_units,
+        max_units_per_investor: terms.max_units_per_investor,
+        close_time: terms.close_time.map(timestamp),
     }
 }
 
@@ -41,6 +72,13 @@ pub fn offering(offering: Offering) -> proto::Offering {
         version: offering.version,
         create_time: Some(timestamp(offering.create_time)),
         update_time: Some(timestamp(offering.update_time)),
+        allocation: allocation(offering.allocation).into(),
+        open_time: offering.open_time.map(timestamp),
+        close_time: offering.close_time.map(timestamp),
+        lot_units: offering.lot_units,
+        min_units_per_investor: offering.min_units_per_investor,
+        max_total_demand: offering.max_total_demand,
+        demanded_units: offering.demanded_units,
     }
 }
 
@@ -50,6 +88,7 @@ pub fn position(position: Position) -> proto::Position {
         investor_id: position.investor_id,
         units: position.units,
         update_time: position.update_time.map(timestamp),
+        demanded_units: position.demanded_units,
     }
 }
 
@@ -65,6 +104,11 @@ pub fn entry(entry: Entry) -> proto::HistoryEntry {
         request_id: entry.request_id,
         record_time: Some(timestamp(entry.record_time)),
         actor: entry.actor,
+        demand_delta: entry.demand_delta,
+        investor_demand_after: entry.investor_demand_after,
+        offering_demand_after: entry.offering_demand_after,
+        terms_before: entry.terms_before.map(terms),
+        terms_after: entry.terms_after.map(terms),
     }
 }
 

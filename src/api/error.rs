@@ -114,10 +114,53 @@ impl ApiError {
                         ("max_units_per_investor", cap.to_string()),
                     ],
                 ),
-                R::OfferingNotOpen { status } => (
+                R::OfferingNotOpen { status, bound } => {
+                    let mut metadata = vec![("status", (*status).to_owned())];
+                    if let Some(bound) = bound {
+                        metadata.push(("bound", (*bound).to_owned()));
+                    }
+                    (Code::FailedPrecondition, "OFFERING_NOT_OPEN", metadata)
+                }
+                R::OfferingNotAllocated { status } => (
                     Code::FailedPrecondition,
-                    "OFFERING_NOT_OPEN",
+                    "OFFERING_NOT_ALLOCATED",
                     vec![("status", (*status).to_owned())],
+                ),
+                R::NotAMultipleOfLot { units, lot_units } => (
+                    Code::FailedPrecondition,
+                    "NOT_A_MULTIPLE_OF_LOT",
+                    vec![
+                        ("units", units.to_string()),
+                        ("lot_units", lot_units.to_string()),
+                    ],
+                ),
+                R::BelowInvestorMinimum {
+                    would_hold,
+                    minimum,
+                } => (
+                    Code::FailedPrecondition,
+                    "BELOW_INVESTOR_MINIMUM",
+                    vec![
+                        ("would_hold_units", would_hold.to_string()),
+                        ("min_units_per_investor", minimum.to_string()),
+                    ],
+                ),
+                R::DemandCapExceeded {
+                    would_total,
+                    max_total_demand,
+                } => (
+                    Code::FailedPrecondition,
+                    "DEMAND_CAP_EXCEEDED",
+                    vec![
+                        ("would_total_demand", would_total.to_string()),
+                        ("max_total_demand", max_total_demand.to_string()),
+                    ],
+                ),
+                R::NotProRata => (Code::FailedPrecondition, "NOT_PRO_RATA", vec![]),
+                R::AmendmentConflict { field, .. } => (
+                    Code::FailedPrecondition,
+                    "AMENDMENT_CONFLICT",
+                    vec![("field", (*field).to_owned())],
                 ),
                 R::OfferingNotClosed { status } => (
                     Code::FailedPrecondition,

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::group_commit::GroupCommitter;
-use crate::ledger::{self, Applied, Command, CreateOutcome, NewOffering, Position};
+use crate::ledger::{self, Applied, Command, CreateOutcome, Position};
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedger};
 use crate::store::{HistoryQuery, Store};
 use crate::telemetry::metrics;
@@ -85,7 +85,8 @@ impl<S: Store> LedgerService<S> {
         Ok(self.committer.submit(offering_id, request).await???)
     }
 
-    /// CloseOffering and FinalizeOffering: the same request, a different command.
+    /// CloseOffering, FinalizeOffering and AllocateOffering: the same request, a different
+    /// command.
     async fn change_status(
         &self,
         method: &'static str,
@@ -207,26 +208,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         traced(
             rpc_span("CreateOffering", &r.offering_id, &r.request_id),
             async move {
-                let offering_id = validate::id_or_new("offering_id", r.offering_id)?;
-                validate::name(&r.name)?;
-                validate::units("max_units", r.max_units, 1)?;
-                if !(0..=r.max_units).contains(&r.max_units_per_investor) {
-                    return Err(ApiError::invalid(
-                        "max_units_per_investor",
-                        format!(
-                            "is {}; must be 0 (no cap) up to max_units ({})",
-                            r.max_units_per_investor, r.max_units
-                        ),
-                    ));
-                }
-                let new = NewOffering {
-                    offering_id,
-                    name: r.name,
-                    max_units: r.max_units,
-                    max_units_per_investor: r.max_units_per_investor,
-                    request_id: validate::id_or_new("request_id", r.request_id)?,
-                    actor,
-                };
+                let new = validate::new_offering(r, actor, crate::store::now())?;
                 match self.store.create_offering(&new).await?? {
                     CreateOutcome::Created(offering) | CreateOutcome::Replayed(offering) => {
                         Ok(convert::offering(offering))
@@ -244,9 +226,8 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let r = request.into_inner();
         traced(rpc_span("GetOffering", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
-            Ok(convert::offering(
-                self.require_offering(&r.offering_id).await?,
-            ))
+            let offering = self.require_offering(&r.offering_id).await?;
+            Ok(convert::offering(offering.as_of(crate::store::now())))
         })
         .await
     }
@@ -277,8 +258,12 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                         validate::encode_page_token(OFFERINGS_TOKEN, &last.offering_id);
                 }
             }
+            let now = crate::store::now();
             Ok(proto::ListOfferingsResponse {
-                offerings: offerings.into_iter().map(convert::offering).collect(),
+                offerings: offerings
+                    .into_iter()
+                    .map(|offering| convert::offering(offering.as_of(now)))
+                    .collect(),
                 next_page_token,
             })
         })
@@ -317,6 +302,50 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.request_id,
             actor,
             finalize,
+        )
+        .await
+    }
+
+    async fn allocate_offering(
+        &self,
+        request: Request<proto::AllocateOfferingRequest>,
+    ) -> Result<Response<proto::Offering>, Status> {
+        let actor = auth::actor(&request);
+        let r = request.into_inner();
+        let allocate = |expected_version| Command::Allocate { expected_version };
+        self.change_status(
+            "AllocateOffering",
+            r.offering_id,
+            r.expected_version,
+            r.request_id,
+            actor,
+            allocate,
+        )
+        .await
+    }
+
+    async fn amend_offering(
+        &self,
+        request: Request<proto::AmendOfferingRequest>,
+    ) -> Result<Response<proto::Offering>, Status> {
+        let actor = auth::actor(&request);
+        let r = request.into_inner();
+        traced(
+            rpc_span("AmendOffering", &r.offering_id, &r.request_id),
+            async move {
+                validate::id("offering_id", &r.offering_id)?;
+                validate::not_negative("expected_version", r.expected_version)?;
+                let changes = validate::term_changes(&r)?;
+                let request_id = validate::id_or_new("request_id", r.request_id)?;
+                let command = Command::Amend {
+                    expected_version: r.expected_version,
+                    changes,
+                };
+                let applied = self
+                    .mutate(&r.offering_id, request_id, actor, command)
+                    .await?;
+                Ok(convert::offering(applied.offering))
+            },
         )
         .await
     }
@@ -407,6 +436,8 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                         investor_id: r.investor_id,
                         units: 0,
                         update_time: None,
+                        demanded_units: 0,
+                        first_sequence: 0,
                     }
                 }
             };

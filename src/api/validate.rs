@@ -4,10 +4,14 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use std::sync::Arc;
+
 use super::error::ApiError;
 use crate::ledger::limits::{
-    ID_CHARS_MAX, NAME_CHARS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, UNITS_MAX,
+    DEMAND_TOTAL_MAX, ID_CHARS_MAX, NAME_CHARS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, UNITS_MAX,
 };
+use crate::ledger::{Allocation, NewOffering, TermChanges, Timestamp};
+use crate::proto;
 
 /// Ids are 1-128 characters of A-Z a-z 0-9 . _ : - (safe in logs, URLs and page tokens).
 pub fn id(field: &'static str, value: &str) -> Result<(), ApiError> {
@@ -90,6 +94,147 @@ pub fn name(value: &str) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A timestamp field: None when unset; stored (and so compared) to the microsecond.
+pub fn timestamp(
+    field: &'static str,
+    value: Option<prost_types::Timestamp>,
+) -> Result<Option<Timestamp>, ApiError> {
+    use chrono::SubsecRound;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let nanos = u32::try_from(value.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000);
+    let time = nanos
+        .and_then(|nanos| chrono::DateTime::from_timestamp(value.seconds, nanos))
+        .filter(|t| (1970..=9999).contains(&chrono::Datelike::year(t)))
+        .ok_or_else(|| {
+            ApiError::invalid(field, "is not a valid timestamp between 1970 and 9999")
+        })?;
+    Ok(Some(time.trunc_subsecs(6)))
+}
+
+/// CreateOffering's fields, each checked on its own and against the others.
+pub fn new_offering(
+    r: proto::CreateOfferingRequest,
+    actor: Arc<str>,
+    now: Timestamp,
+) -> Result<NewOffering, ApiError> {
+    let offering_id = id_or_new("offering_id", r.offering_id)?;
+    name(&r.name)?;
+    units("max_units", r.max_units, 1)?;
+    let allocation = super::convert::allocation_of(r.allocation).ok_or_else(|| {
+        ApiError::invalid(
+            "allocation",
+            format!("{} is not an Allocation", r.allocation),
+        )
+    })?;
+    let within = |field, value: i64, max: i64, what: &str| {
+        if !(0..=max).contains(&value) {
+            return Err(ApiError::invalid(
+                field,
+                format!("is {value}; must be 0 up to {what} ({max})"),
+            ));
+        }
+        Ok(())
+    };
+    within(
+        "max_units_per_investor",
+        r.max_units_per_investor,
+        r.max_units,
+        "max_units",
+    )?;
+    within("lot_units", r.lot_units, r.max_units, "max_units")?;
+    let lot = r.lot_units.max(1);
+    let investor_max = match r.max_units_per_investor {
+        0 => r.max_units,
+        cap => cap,
+    };
+    within(
+        "min_units_per_investor",
+        r.min_units_per_investor,
+        investor_max,
+        "the units one investor may hold",
+    )?;
+    for (field, value) in [
+        ("max_units_per_investor", r.max_units_per_investor),
+        ("min_units_per_investor", r.min_units_per_investor),
+    ] {
+        if value % lot != 0 {
+            return Err(ApiError::invalid(
+                field,
+                format!("is {value}; must be a multiple of lot_units ({lot})"),
+            ));
+        }
+    }
+    match allocation {
+        Allocation::FirstCome if r.max_total_demand != 0 => {
+            return Err(ApiError::invalid(
+                "max_total_demand",
+                "is for pro-rata offerings only; must be 0",
+            ));
+        }
+        _ => within(
+            "max_total_demand",
+            r.max_total_demand,
+            DEMAND_TOTAL_MAX,
+            "10^18",
+        )?,
+    }
+    let open_time = timestamp("open_time", r.open_time)?;
+    let close_time = timestamp("close_time", r.close_time)?;
+    if let Some(close) = close_time {
+        if close <= now {
+            return Err(ApiError::invalid("close_time", "is not in the future"));
+        }
+        if open_time.is_some_and(|open| open >= close) {
+            return Err(ApiError::invalid("close_time", "is not after open_time"));
+        }
+    }
+    Ok(NewOffering {
+        offering_id,
+        name: r.name,
+        max_units: r.max_units,
+        max_units_per_investor: r.max_units_per_investor,
+        request_id: id_or_new("request_id", r.request_id)?,
+        actor,
+        allocation,
+        open_time,
+        close_time,
+        lot_units: r.lot_units,
+        min_units_per_investor: r.min_units_per_investor,
+        max_total_demand: r.max_total_demand,
+    })
+}
+
+/// AmendOffering's changes, each well-formed (whether the offering allows them is the
+/// ledger's to say).
+pub fn term_changes(r: &proto::AmendOfferingRequest) -> Result<TermChanges, ApiError> {
+    if let Some(new_name) = &r.name {
+        name(new_name)?;
+    }
+    if let Some(max_units) = r.max_units {
+        units("max_units", max_units, 1)?;
+    }
+    if let Some(cap) = r.max_units_per_investor {
+        units("max_units_per_investor", cap, 0)?;
+    }
+    let changes = TermChanges {
+        name: r.name.clone(),
+        max_units: r.max_units,
+        max_units_per_investor: r.max_units_per_investor,
+        close_time: timestamp("close_time", r.close_time)?,
+    };
+    if changes == TermChanges::default() {
+        return Err(ApiError::invalid(
+            "name",
+            "nothing to amend: set at least one of name, max_units, max_units_per_investor, close_time",
+        ));
+    }
+    Ok(changes)
 }
 
 /// Control characters (Cc) and format characters (Cf: bidi overrides such as U+202E, zero-width

@@ -386,6 +386,7 @@ async fn create_offerings(
                 max_units,
                 max_units_per_investor: 0,
                 request_id: format!("create-{id}"),
+                ..Default::default()
             };
             async move { client.create_offering(request).await }
         });

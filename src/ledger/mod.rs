@@ -2,13 +2,14 @@
 //! command may be applied. Pure code with no I/O: both stores feed it the locked head and the
 //! positions a batch touches, and write back exactly what it returns.
 
+pub mod allocation;
 mod rules;
 mod types;
 pub mod verify;
 
 pub use rules::{
-    Applied, Batch, BatchWrites, CreateOutcome, OfferingRequests, Rejection, Results, apply_all,
-    check_create,
+    Applied, Batch, BatchWrites, CreateOutcome, OfferingRequests, Rejection, Results, SYSTEM_ACTOR,
+    apply_all, check_create,
 };
 pub use types::*;
 
@@ -25,4 +26,8 @@ pub mod limits {
     pub const PAGE_SIZE_DEFAULT: u32 = 100;
     /// Larger requested pages are cut to this, bounding one reply's size and one query's work.
     pub const PAGE_SIZE_MAX: u32 = 1000;
+    /// A pro-rata offering's total demand at most (when max_total_demand does not bound it
+    /// lower): demand * max_units and allocation * demand stay far inside i128, and the total
+    /// inside i64.
+    pub const DEMAND_TOTAL_MAX: i64 = 1_000_000_000_000_000_000;
 }

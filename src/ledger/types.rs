@@ -6,12 +6,14 @@ use chrono::{DateTime, Utc};
 
 pub type Timestamp = DateTime<Utc>;
 
-/// Lifecycle of an offering: OPEN -> CLOSED -> FINALIZED, never backwards.
+/// Lifecycle of an offering: OPEN -> CLOSED -> FINALIZED for FIRST_COME, OPEN -> CLOSED ->
+/// ALLOCATED -> FINALIZED for PRO_RATA; never backwards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OfferingStatus {
     Open = 1,
     Closed = 2,
     Finalized = 3,
+    Allocated = 4,
 }
 
 impl OfferingStatus {
@@ -21,6 +23,7 @@ impl OfferingStatus {
             1 => Some(Self::Open),
             2 => Some(Self::Closed),
             3 => Some(Self::Finalized),
+            4 => Some(Self::Allocated),
             _ => None,
         }
     }
@@ -30,6 +33,26 @@ impl OfferingStatus {
             Self::Open => "OPEN",
             Self::Closed => "CLOSED",
             Self::Finalized => "FINALIZED",
+            Self::Allocated => "ALLOCATED",
+        }
+    }
+}
+
+/// How an offering turns subscriptions into units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// Each Subscribe takes units at once, within the caps.
+    FirstCome = 1,
+    /// Subscribe and Cancel record demand; AllocateOffering shares the cap after the close.
+    ProRata = 2,
+}
+
+impl Allocation {
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            1 => Some(Self::FirstCome),
+            2 => Some(Self::ProRata),
+            _ => None,
         }
     }
 }
@@ -42,6 +65,9 @@ pub enum EntryKind {
     Cancelled = 3,
     OfferingClosed = 4,
     OfferingFinalized = 5,
+    /// With an investor: their allocation. Without: the status change to ALLOCATED.
+    Allocated = 6,
+    OfferingAmended = 7,
 }
 
 impl EntryKind {
@@ -52,9 +78,21 @@ impl EntryKind {
             3 => Some(Self::Cancelled),
             4 => Some(Self::OfferingClosed),
             5 => Some(Self::OfferingFinalized),
+            6 => Some(Self::Allocated),
+            7 => Some(Self::OfferingAmended),
             _ => None,
         }
     }
+}
+
+/// The terms AmendOffering can change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Terms {
+    pub name: String,
+    pub max_units: i64,
+    /// 0 = no per-investor cap.
+    pub max_units_per_investor: i64,
+    pub close_time: Option<Timestamp>,
 }
 
 /// The aggregate head of an offering: its caps, running totals, status and version.
@@ -73,11 +111,52 @@ pub struct Offering {
     pub version: i64,
     pub create_time: Timestamp,
     pub update_time: Timestamp,
+    pub allocation: Allocation,
+    /// Subscribe and Cancel are refused before it.
+    pub open_time: Option<Timestamp>,
+    /// From this time on the offering is closed, entry or not.
+    pub close_time: Option<Timestamp>,
+    /// 0 or 1 = any number of units.
+    pub lot_units: i64,
+    /// A position is 0 or at least this; 0 = no minimum.
+    pub min_units_per_investor: i64,
+    /// PRO_RATA: the bound on total demand; 0 = none but DEMAND_TOTAL_MAX.
+    pub max_total_demand: i64,
+    /// PRO_RATA: total demand; FIRST_COME: 0.
+    pub demanded_units: i64,
 }
 
 impl Offering {
     pub fn remaining_units(&self) -> i64 {
         self.max_units - self.subscribed_units
+    }
+
+    /// The lot size, 1 when any number of units goes.
+    pub fn lot(&self) -> i64 {
+        self.lot_units.max(1)
+    }
+
+    pub fn terms(&self) -> Terms {
+        Terms {
+            name: self.name.clone(),
+            max_units: self.max_units,
+            max_units_per_investor: self.max_units_per_investor,
+            close_time: self.close_time,
+        }
+    }
+
+    /// True when the offering is past its close_time but has no CLOSED entry yet.
+    pub fn closes_by_clock(&self, now: Timestamp) -> bool {
+        self.status == OfferingStatus::Open && self.close_time.is_some_and(|close| now >= close)
+    }
+
+    /// The offering as callers see it at `now`: past close_time it shows CLOSED, whether or not
+    /// a mutation has appended the CLOSED entry yet.
+    pub fn as_of(mut self, now: Timestamp) -> Self {
+        if self.closes_by_clock(now) {
+            self.status = OfferingStatus::Closed;
+        }
+        self
     }
 }
 
@@ -89,6 +168,11 @@ pub struct Position {
     pub investor_id: String,
     pub units: i64,
     pub update_time: Option<Timestamp>,
+    /// PRO_RATA: the investor's demand; FIRST_COME: 0.
+    pub demanded_units: i64,
+    /// The sequence of the investor's first subscription (ties in a pro-rata allocation go to
+    /// the earlier); 0 for one who never subscribed, or one recorded before it was kept.
+    pub first_sequence: i64,
 }
 
 /// One immutable history row.
@@ -109,8 +193,17 @@ pub struct Entry {
     pub expected_version: i64,
     pub record_time: Timestamp,
     /// The principal whose call appended the entry ("anonymous" with authentication off,
-    /// "unknown" for entries recorded before subledger recorded actors).
+    /// "unknown" for entries recorded before subledger recorded actors, "system" for what the
+    /// clock did).
     pub actor: String,
+    /// PRO_RATA demand: the change, the investor's after, the offering's after.
+    pub demand_delta: i64,
+    pub investor_demand_after: i64,
+    pub offering_demand_after: i64,
+    /// The amendable terms before an OFFERING_AMENDED entry.
+    pub terms_before: Option<Terms>,
+    /// The terms an OFFERING_CREATED or OFFERING_AMENDED entry put in force.
+    pub terms_after: Option<Terms>,
 }
 
 /// CreateOffering, validated.
@@ -122,6 +215,34 @@ pub struct NewOffering {
     pub max_units_per_investor: i64,
     pub request_id: String,
     pub actor: Arc<str>,
+    pub allocation: Allocation,
+    pub open_time: Option<Timestamp>,
+    pub close_time: Option<Timestamp>,
+    pub lot_units: i64,
+    pub min_units_per_investor: i64,
+    pub max_total_demand: i64,
+}
+
+/// AmendOffering's changes: None leaves a term as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TermChanges {
+    pub name: Option<String>,
+    pub max_units: Option<i64>,
+    pub max_units_per_investor: Option<i64>,
+    pub close_time: Option<Timestamp>,
+}
+
+impl TermChanges {
+    pub fn apply_to(&self, terms: &Terms) -> Terms {
+        Terms {
+            name: self.name.clone().unwrap_or_else(|| terms.name.clone()),
+            max_units: self.max_units.unwrap_or(terms.max_units),
+            max_units_per_investor: self
+                .max_units_per_investor
+                .unwrap_or(terms.max_units_per_investor),
+            close_time: self.close_time.or(terms.close_time),
+        }
+    }
 }
 
 /// A change to an existing offering.
@@ -143,6 +264,14 @@ pub enum Command {
     Finalize {
         expected_version: i64,
     },
+    /// PRO_RATA: CLOSED -> ALLOCATED.
+    Allocate {
+        expected_version: i64,
+    },
+    Amend {
+        expected_version: i64,
+        changes: TermChanges,
+    },
 }
 
 impl Command {
@@ -151,33 +280,45 @@ impl Command {
             Self::Subscribe { investor_id, .. } | Self::Cancel { investor_id, .. } => {
                 Some(investor_id)
             }
-            Self::Close { .. } | Self::Finalize { .. } => None,
+            _ => None,
         }
     }
 
+    /// The kind of the entry that records this command (for Allocate: the last one, which
+    /// carries the request_id).
     pub fn kind(&self) -> EntryKind {
         match self {
             Self::Subscribe { .. } => EntryKind::Subscribed,
             Self::Cancel { .. } => EntryKind::Cancelled,
             Self::Close { .. } => EntryKind::OfferingClosed,
             Self::Finalize { .. } => EntryKind::OfferingFinalized,
+            Self::Allocate { .. } => EntryKind::Allocated,
+            Self::Amend { .. } => EntryKind::OfferingAmended,
         }
     }
 
     fn requested_units(&self) -> i64 {
         match self {
             Self::Subscribe { units, .. } | Self::Cancel { units, .. } => *units,
-            Self::Close { .. } | Self::Finalize { .. } => 0,
+            _ => 0,
         }
     }
 
     fn expected_version(&self) -> i64 {
         match self {
-            Self::Close { expected_version } | Self::Finalize { expected_version } => {
-                *expected_version
-            }
+            Self::Close { expected_version }
+            | Self::Finalize { expected_version }
+            | Self::Allocate { expected_version }
+            | Self::Amend {
+                expected_version, ..
+            } => *expected_version,
             Self::Subscribe { .. } | Self::Cancel { .. } => 0,
         }
+    }
+
+    /// True when this command needs every position of its offering, not only those it names.
+    pub fn reads_all_positions(&self) -> bool {
+        matches!(self, Self::Allocate { .. } | Self::Amend { .. })
     }
 
     /// Fields of the entry this command appends that come from the request itself.
@@ -204,5 +345,12 @@ impl Request {
             && entry.requested_units == command.requested_units()
             && entry.expected_version == command.expected_version()
             && entry.actor == *self.actor
+            && match (command, &entry.terms_before, &entry.terms_after) {
+                (Command::Amend { changes, .. }, Some(before), Some(after)) => {
+                    changes.apply_to(before) == *after
+                }
+                (Command::Amend { .. }, _, _) => false,
+                _ => true,
+            }
     }
 }

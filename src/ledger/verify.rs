@@ -1,22 +1,44 @@
 //! VerifyOffering: recompute an offering from its history alone and compare the result with the
 //! stored head and positions. The history is fed in sequence order, a page at a time, so an
-//! offering of any length is checked in bounded memory (one running total per investor).
+//! offering of any length is checked in bounded memory (one running state per investor).
+//!
+//! Every rule is checked against the terms in force at each entry: the creation entry records
+//! the first terms, each OFFERING_AMENDED entry the terms before and after it. A pro-rata
+//! allocation is recomputed from the demands it was made from and compared, entry by entry.
 
 use std::collections::HashMap;
 
-use super::types::{Entry, EntryKind, Offering, OfferingStatus, Position};
+use super::allocation::{self, Demand};
+use super::limits::DEMAND_TOTAL_MAX;
+use super::types::{Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms};
 
 /// Stop listing problems past this many: one broken invariant tends to cascade.
 const PROBLEMS_MAX: usize = 100;
 
+/// What the history says about one investor.
+#[derive(Clone, Copy, Default)]
+struct Held {
+    units: i64,
+    demand: i64,
+    first_sequence: i64,
+}
+
 pub struct Verifier {
-    max_units: i64,
-    max_units_per_investor: i64,
+    allocation: Allocation,
+    lot: i64,
+    min_units_per_investor: i64,
+    demand_bound: i64,
+    /// The amendable terms in force; from the head until the creation entry says otherwise
+    /// (offerings created before terms were recorded in it).
+    terms: Terms,
     entries_checked: i64,
     last_sequence: i64,
     status: Option<OfferingStatus>,
     offering_units: i64,
-    units_by_investor: HashMap<String, i64>,
+    offering_demand: i64,
+    by_investor: HashMap<String, Held>,
+    /// The allocations the rule gives, computed at the first ALLOCATED entry.
+    expected_allocations: Option<HashMap<String, i64>>,
     problems: Vec<String>,
 }
 
@@ -26,16 +48,25 @@ pub struct Report {
 }
 
 impl Verifier {
-    /// Caps come from the head: they are set at creation and never change.
+    /// What the history does not record (the allocation mode, window, lot, minimum, demand bound
+    /// are fixed at creation) comes from the head.
     pub fn new(head: &Offering) -> Self {
         Self {
-            max_units: head.max_units,
-            max_units_per_investor: head.max_units_per_investor,
+            allocation: head.allocation,
+            lot: head.lot(),
+            min_units_per_investor: head.min_units_per_investor,
+            demand_bound: match head.max_total_demand {
+                0 => DEMAND_TOTAL_MAX,
+                bound => bound,
+            },
+            terms: head.terms(),
             entries_checked: 0,
             last_sequence: 0,
             status: None,
             offering_units: 0,
-            units_by_investor: HashMap::new(),
+            offering_demand: 0,
+            by_investor: HashMap::new(),
+            expected_allocations: None,
             problems: Vec::new(),
         }
     }
@@ -57,73 +88,208 @@ impl Verifier {
             ));
         }
         self.last_sequence = seq;
-
-        let expected_status = match (entry.kind, self.status) {
-            (EntryKind::OfferingCreated, None) => Some(OfferingStatus::Open),
-            (EntryKind::Subscribed | EntryKind::Cancelled, Some(OfferingStatus::Open)) => {
-                Some(OfferingStatus::Open)
-            }
-            (EntryKind::OfferingClosed, Some(OfferingStatus::Open)) => Some(OfferingStatus::Closed),
-            (EntryKind::OfferingFinalized, Some(OfferingStatus::Closed)) => {
-                Some(OfferingStatus::Finalized)
-            }
-            _ => None,
-        };
-        match expected_status {
-            Some(status) => self.status = Some(status),
-            None => self.problem(format!(
-                "sequence {seq}: {:?} is not allowed after status {:?}",
-                entry.kind, self.status
-            )),
-        }
-
-        let delta_ok = match entry.kind {
-            EntryKind::Subscribed => entry.units_delta > 0,
-            EntryKind::Cancelled => entry.units_delta < 0,
-            _ => entry.units_delta == 0,
-        };
-        if !delta_ok {
-            self.problem(format!(
-                "sequence {seq}: units_delta {} is wrong for {:?}",
-                entry.units_delta, entry.kind
-            ));
-        }
+        self.check_status(entry);
+        self.check_terms(entry);
+        self.check_deltas(entry);
 
         self.offering_units += entry.units_delta;
+        self.offering_demand += entry.demand_delta;
         if entry.offering_units_after != self.offering_units {
             self.problem(format!(
                 "sequence {seq}: offering_units_after is {} but the history sums to {}",
                 entry.offering_units_after, self.offering_units
             ));
         }
-        if !(0..=self.max_units).contains(&self.offering_units) {
+        if entry.offering_demand_after != self.offering_demand {
             self.problem(format!(
-                "sequence {seq}: offering holds {} units, outside 0..={}",
-                self.offering_units, self.max_units
+                "sequence {seq}: offering_demand_after is {} but the history sums to {}",
+                entry.offering_demand_after, self.offering_demand
             ));
         }
+        if !(0..=self.terms.max_units).contains(&self.offering_units) {
+            self.problem(format!(
+                "sequence {seq}: offering holds {} units, outside 0..={}",
+                self.offering_units, self.terms.max_units
+            ));
+        }
+        if !(0..=self.demand_bound).contains(&self.offering_demand) {
+            self.problem(format!(
+                "sequence {seq}: total demand {} outside 0..={}",
+                self.offering_demand, self.demand_bound
+            ));
+        }
+        if !entry.investor_id.is_empty() {
+            self.check_investor(entry);
+        }
+    }
 
-        if matches!(entry.kind, EntryKind::Subscribed | EntryKind::Cancelled) {
-            let held = self
-                .units_by_investor
-                .entry(entry.investor_id.clone())
-                .or_insert(0);
-            *held += entry.units_delta;
-            let held = *held;
-            if entry.investor_units_after != held {
-                self.problem(format!(
-                    "sequence {seq}: investor_units_after is {} but the history sums to {held}",
-                    entry.investor_units_after
-                ));
+    fn check_status(&mut self, entry: &Entry) {
+        use OfferingStatus as S;
+        let pro_rata = self.allocation == Allocation::ProRata;
+        let investor = !entry.investor_id.is_empty();
+        let expected = match (entry.kind, self.status) {
+            (EntryKind::OfferingCreated, None) => Some(S::Open),
+            (
+                EntryKind::Subscribed | EntryKind::Cancelled | EntryKind::OfferingAmended,
+                Some(S::Open),
+            ) => Some(S::Open),
+            (EntryKind::OfferingClosed, Some(S::Open)) => Some(S::Closed),
+            (EntryKind::Allocated, Some(S::Closed)) if pro_rata && investor => Some(S::Closed),
+            (EntryKind::Allocated, Some(S::Closed)) if pro_rata => Some(S::Allocated),
+            (EntryKind::OfferingFinalized, Some(S::Closed)) if !pro_rata => Some(S::Finalized),
+            (EntryKind::OfferingFinalized, Some(S::Allocated)) if pro_rata => Some(S::Finalized),
+            _ => None,
+        };
+        match expected {
+            Some(status) => self.status = Some(status),
+            None => self.problem(format!(
+                "sequence {}: {:?} is not allowed after status {:?} ({:?})",
+                entry.sequence, entry.kind, self.status, self.allocation
+            )),
+        }
+    }
+
+    /// The creation entry's terms, and each amendment's before (which must be what was in
+    /// force) and after.
+    fn check_terms(&mut self, entry: &Entry) {
+        let seq = entry.sequence;
+        match entry.kind {
+            EntryKind::OfferingCreated => {
+                if let Some(after) = &entry.terms_after {
+                    self.terms = after.clone();
+                }
             }
-            let cap = self.max_units_per_investor;
-            if held < 0 || (cap > 0 && held > cap) {
-                self.problem(format!(
-                    "sequence {seq}: investor {:?} holds {held} units, outside 0..={cap}",
+            EntryKind::OfferingAmended => match (&entry.terms_before, &entry.terms_after) {
+                (Some(before), Some(after)) => {
+                    if *before != self.terms {
+                        self.problem(format!(
+                            "sequence {seq}: the amendment's terms before are {before:?} but {:?} were in force",
+                            self.terms
+                        ));
+                    }
+                    self.terms = after.clone();
+                }
+                _ => self.problem(format!("sequence {seq}: an amendment without its terms")),
+            },
+            _ => {
+                if entry.terms_before.is_some() || entry.terms_after.is_some() {
+                    self.problem(format!("sequence {seq}: {:?} records terms", entry.kind));
+                }
+            }
+        }
+    }
+
+    fn check_deltas(&mut self, entry: &Entry) {
+        let pro_rata = self.allocation == Allocation::ProRata;
+        let (units, demand) = (entry.units_delta, entry.demand_delta);
+        let ok = match entry.kind {
+            EntryKind::Subscribed if pro_rata => units == 0 && demand > 0,
+            EntryKind::Subscribed => units > 0 && demand == 0,
+            EntryKind::Cancelled if pro_rata => units == 0 && demand < 0,
+            EntryKind::Cancelled => units < 0 && demand == 0,
+            EntryKind::Allocated if !entry.investor_id.is_empty() => units >= 0 && demand == 0,
+            _ => units == 0 && demand == 0,
+        };
+        if !ok {
+            self.problem(format!(
+                "sequence {}: units_delta {units} and demand_delta {demand} are wrong for {:?} ({:?})",
+                entry.sequence, entry.kind, self.allocation
+            ));
+        }
+        if matches!(entry.kind, EntryKind::Subscribed | EntryKind::Cancelled)
+            && (units % self.lot != 0 || demand % self.lot != 0)
+        {
+            self.problem(format!(
+                "sequence {}: {} units is not a multiple of the lot of {}",
+                entry.sequence,
+                units + demand,
+                self.lot
+            ));
+        }
+    }
+
+    fn check_investor(&mut self, entry: &Entry) {
+        let seq = entry.sequence;
+        if entry.kind == EntryKind::Allocated && self.expected_allocations.is_none() {
+            self.expected_allocations = Some(self.recompute_allocation());
+        }
+        let held = self
+            .by_investor
+            .entry(entry.investor_id.clone())
+            .or_default();
+        if held.first_sequence == 0 {
+            held.first_sequence = seq;
+        }
+        held.units += entry.units_delta;
+        held.demand += entry.demand_delta;
+        let held = *held;
+        let mut problems = Vec::new();
+        if entry.investor_units_after != held.units {
+            problems.push(format!(
+                "sequence {seq}: investor_units_after is {} but the history sums to {}",
+                entry.investor_units_after, held.units
+            ));
+        }
+        if entry.investor_demand_after != held.demand {
+            problems.push(format!(
+                "sequence {seq}: investor_demand_after is {} but the history sums to {}",
+                entry.investor_demand_after, held.demand
+            ));
+        }
+        let cap = self.terms.max_units_per_investor;
+        for (what, value) in [("units", held.units), ("demand", held.demand)] {
+            if value < 0 || (cap > 0 && value > cap) {
+                problems.push(format!(
+                    "sequence {seq}: investor {:?} {what} {value}, outside 0..={cap}",
                     entry.investor_id
                 ));
             }
         }
+        if matches!(entry.kind, EntryKind::Subscribed | EntryKind::Cancelled) {
+            let position = held.units.max(held.demand);
+            if position != 0 && position < self.min_units_per_investor {
+                problems.push(format!(
+                    "sequence {seq}: investor {:?} holds {position}, below the minimum of {}",
+                    entry.investor_id, self.min_units_per_investor
+                ));
+            }
+        }
+        if entry.kind == EntryKind::Allocated {
+            let expected = self
+                .expected_allocations
+                .as_ref()
+                .and_then(|a| a.get(&entry.investor_id).copied());
+            if expected != Some(entry.units_delta) {
+                problems.push(format!(
+                    "sequence {seq}: investor {:?} was allocated {} but the rule gives {expected:?}",
+                    entry.investor_id, entry.units_delta
+                ));
+            }
+        }
+        for text in problems {
+            self.problem(text);
+        }
+    }
+
+    /// The allocation the rule gives for the demands as they stand (at the first ALLOCATED
+    /// entry, when every demand is final).
+    fn recompute_allocation(&self) -> HashMap<String, i64> {
+        let demands: Vec<Demand> = self
+            .by_investor
+            .iter()
+            .filter(|(_, held)| held.demand > 0)
+            .map(|(investor_id, held)| Demand {
+                investor_id: investor_id.clone(),
+                demand: held.demand,
+                first_sequence: held.first_sequence,
+            })
+            .collect();
+        let allocations = allocation::allocate(self.terms.max_units, self.lot, &demands);
+        demands
+            .into_iter()
+            .map(|d| d.investor_id)
+            .zip(allocations)
+            .collect()
     }
 
     /// Compares the recomputed state with the stored head and all stored position rows.
@@ -131,17 +297,21 @@ impl Verifier {
         if self.entries_checked == 0 {
             self.problem("the offering has no history".to_owned());
         }
-        if head.version != self.last_sequence {
-            self.problem(format!(
-                "head version {} but the last sequence is {}",
-                head.version, self.last_sequence
-            ));
-        }
-        if head.subscribed_units != self.offering_units {
-            self.problem(format!(
-                "head subscribed_units {} but the history sums to {}",
-                head.subscribed_units, self.offering_units
-            ));
+        let checks = [
+            ("version", head.version, self.last_sequence),
+            (
+                "subscribed_units",
+                head.subscribed_units,
+                self.offering_units,
+            ),
+            ("demanded_units", head.demanded_units, self.offering_demand),
+        ];
+        for (what, stored, recomputed) in checks {
+            if stored != recomputed {
+                self.problem(format!(
+                    "head {what} {stored} but the history says {recomputed}"
+                ));
+            }
         }
         if Some(head.status) != self.status {
             self.problem(format!(
@@ -149,28 +319,41 @@ impl Verifier {
                 head.status, self.status
             ));
         }
-        let investors_holding = self.units_by_investor.values().filter(|u| **u > 0).count() as i64;
+        if head.terms() != self.terms {
+            self.problem(format!(
+                "head terms {:?} but the history says {:?}",
+                head.terms(),
+                self.terms
+            ));
+        }
+        let investors_holding = self.by_investor.values().filter(|h| h.units > 0).count() as i64;
         if head.investor_count != investors_holding {
             self.problem(format!(
                 "head investor_count {} but {investors_holding} investors hold units",
                 head.investor_count
             ));
         }
-        let mut stored: HashMap<&str, i64> = HashMap::with_capacity(positions.len());
+        let mut stored: HashMap<&str, &Position> = HashMap::with_capacity(positions.len());
         for position in positions {
-            stored.insert(&position.investor_id, position.units);
+            stored.insert(&position.investor_id, position);
         }
         let mut mismatches = Vec::new();
-        for (investor, units) in &self.units_by_investor {
-            let stored_units = stored.remove(investor.as_str()).unwrap_or(0);
-            if stored_units != *units {
-                mismatches.push(format!("investor {investor:?}: position holds {stored_units} but the history sums to {units}"));
+        for (investor, held) in &self.by_investor {
+            let (units, demand) = stored
+                .remove(investor.as_str())
+                .map_or((0, 0), |p| (p.units, p.demanded_units));
+            if (units, demand) != (held.units, held.demand) {
+                mismatches.push(format!(
+                    "investor {investor:?}: position holds {units} units and {demand} demand but the history sums to {} and {}",
+                    held.units, held.demand
+                ));
             }
         }
-        for (investor, units) in stored {
-            if units != 0 {
+        for (investor, position) in stored {
+            if position.units != 0 || position.demanded_units != 0 {
                 mismatches.push(format!(
-                    "investor {investor:?}: position holds {units} with no history"
+                    "investor {investor:?}: position holds {} with no history",
+                    position.units.max(position.demanded_units)
                 ));
             }
         }

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::SubsecRound;
+
 use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -15,13 +17,14 @@ use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::rows::{
-    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+    EntryRow, HeadRow, PositionRow, bind_entry, bind_head, entry_columns, head_columns,
+    into_entries, into_offerings, position_columns,
 };
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
-    Position, Rejection, Results, check_create,
+    Position, Rejection, Results, Timestamp, check_create,
 };
 
 /// NOTIFY channel carrying "version:offering_id" after each commit.
@@ -32,6 +35,14 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const LISTENER_RETRY: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A locked head and the database's clock when it was locked.
+#[derive(sqlx::FromRow)]
+struct LockedHeadRow {
+    #[sqlx(flatten)]
+    head: HeadRow,
+    db_now: Timestamp,
+}
 
 #[derive(Clone)]
 pub struct PgStore {
@@ -98,44 +109,58 @@ impl PgStore {
 
     /// Locks the heads of every offering in `work`, in offering_id order (the one lock order
     /// every transaction follows, so two replicas batching overlapping offerings cannot deadlock).
+    ///
+    /// Also returns the database's clock, read after the last lock was granted (the outer
+    /// SELECT evaluates clock_timestamp() only once the locked rows come up): windows are judged
+    /// by one clock for every replica, and after any wait for the lock.
     async fn lock_heads(
         tx: &mut Transaction<'static, Postgres>,
         work: &[OfferingRequests],
-    ) -> Result<Vec<Offering>, StoreError> {
+    ) -> Result<(Vec<Offering>, Option<Timestamp>), StoreError> {
         let offering_ids: Vec<&str> = work.iter().map(|w| &*w.offering_id).collect();
-        let rows: Vec<HeadRow> = sqlx::query_as(concat!(
-            "SELECT ",
+        let rows: Vec<LockedHeadRow> = sqlx::query_as(concat!(
+            "WITH locked AS (SELECT ",
             head_columns!(),
-            " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE"
+            " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE) \
+             SELECT locked.*, clock_timestamp() AS db_now FROM locked"
         ))
         .bind(&offering_ids)
         .fetch_all(&mut **tx)
         .await?;
-        into_offerings(rows)
+        let now = rows.iter().map(|row| row.db_now).max();
+        let heads = into_offerings(rows.into_iter().map(|row| row.head).collect())?;
+        Ok((heads, now.map(|now| now.trunc_subsecs(6))))
     }
 
-    /// The positions of the investors named, read after the heads are locked so they are current.
+    /// The positions of the investors named (every position of the offerings whose requests
+    /// read them all), read after the heads are locked so they are current.
     async fn load_positions(
         tx: &mut Transaction<'static, Postgres>,
         work: &[OfferingRequests],
     ) -> Result<Vec<Position>, StoreError> {
-        let (mut offering_ids, mut investor_ids) = (Vec::new(), Vec::new());
+        let (mut offering_ids, mut investor_ids, mut whole) = (Vec::new(), Vec::new(), Vec::new());
         for item in work {
+            if item.reads_all_positions() {
+                whole.push(&*item.offering_id);
+                continue;
+            }
             for investor_id in item.requests.iter().filter_map(|r| r.command.investor_id()) {
                 offering_ids.push(&*item.offering_id);
                 investor_ids.push(investor_id);
             }
         }
-        if investor_ids.is_empty() {
+        if investor_ids.is_empty() && whole.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<PositionRow> = sqlx::query_as(
-            "SELECT DISTINCT p.offering_id, p.investor_id, p.units, p.update_time \
-             FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, investor_id) \
-             JOIN investor_position p ON p.offering_id = k.offering_id AND p.investor_id = k.investor_id",
-        )
+        let rows: Vec<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE (offering_id, investor_id) IN \
+                (SELECT * FROM UNNEST($1::text[], $2::text[])) OR offering_id = ANY($3)"
+        ))
         .bind(&offering_ids)
         .bind(&investor_ids)
+        .bind(&whole)
         .fetch_all(&mut **tx)
         .await?;
         Ok(rows.into_iter().map(Position::from).collect())
@@ -153,12 +178,11 @@ impl PgStore {
                 request_ids.push(request.request_id.as_str());
             }
         }
-        let rows: Vec<EntryRow> = sqlx::query_as(
-            "SELECT DISTINCT e.offering_id, e.sequence, e.kind, e.investor_id, e.units_delta, e.investor_units_after, \
-                e.offering_units_after, e.request_id, e.requested_units, e.expected_version, e.record_time, e.actor \
-             FROM UNNEST($1::text[], $2::text[]) AS k (offering_id, request_id) \
-             JOIN history_entry e ON e.offering_id = k.offering_id AND e.request_id = k.request_id",
-        )
+        let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM history_entry WHERE (offering_id, request_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
+        ))
         .bind(&offering_ids)
         .bind(&request_ids)
         .fetch_all(&mut **tx)
@@ -176,14 +200,15 @@ impl PgStore {
         known_new: bool,
     ) -> Result<Option<Results>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let heads = Self::lock_heads(&mut tx, work).await?;
+        let (heads, now) = Self::lock_heads(&mut tx, work).await?;
         let positions = Self::load_positions(&mut tx, work).await?;
         let recorded = if known_new {
             Vec::new()
         } else {
             Self::load_recorded(&mut tx, work).await?
         };
-        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
+        let now = now.unwrap_or_else(super::now);
+        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, now);
         let refused = |r: &Result<Applied, Rejection>| matches!(r, Err(e) if !matches!(e, Rejection::OfferingNotFound { .. }));
         if known_new && results.iter().flatten().any(refused) {
             tx.rollback().await?;
@@ -221,25 +246,64 @@ impl PgStore {
         let entries: Vec<&Entry> = writes.iter().flat_map(|w| &w.entries).collect();
         let positions: Vec<&Position> = writes.iter().flat_map(|w| &w.positions).collect();
         let heads: Vec<&Offering> = writes.iter().map(|w| &w.head).collect();
-        let appended: Vec<i64> = sqlx::query_scalar(
+        fn terms(e: &Entry, before: bool) -> Option<&ledger::Terms> {
+            if before {
+                e.terms_before.as_ref()
+            } else {
+                e.terms_after.as_ref()
+            }
+        }
+        let names = |before| {
+            entries
+                .iter()
+                .map(|e| terms(e, before).map(|t| t.name.as_str()))
+                .collect::<Vec<_>>()
+        };
+        let caps = |before| {
+            entries
+                .iter()
+                .map(|e| terms(e, before).map(|t| t.max_units))
+                .collect::<Vec<_>>()
+        };
+        let investor_caps = |before| {
+            entries
+                .iter()
+                .map(|e| terms(e, before).map(|t| t.max_units_per_investor))
+                .collect::<Vec<_>>()
+        };
+        let closes = |before| {
+            entries
+                .iter()
+                .map(|e| terms(e, before).and_then(|t| t.close_time))
+                .collect::<Vec<_>>()
+        };
+        let appended: Vec<i64> = sqlx::query_scalar(concat!(
             "WITH appended AS ( \
-                INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
-                    offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
-                SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
-                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[]) \
+                INSERT INTO history_entry (",
+            entry_columns!(),
+            ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
+                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], \
+                    $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], $18::bigint[], \
+                    $19::timestamptz[], $20::text[], $21::bigint[], $22::bigint[], $23::timestamptz[]) \
                 ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
              ), positions AS ( \
-                INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
-                SELECT * FROM UNNEST($13::text[], $14::text[], $15::bigint[], $16::timestamptz[]) \
-                ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, update_time = EXCLUDED.update_time \
+                INSERT INTO investor_position (",
+            position_columns!(),
+            ") SELECT * FROM UNNEST($24::text[], $25::text[], $26::bigint[], $27::timestamptz[], $28::bigint[], $29::bigint[]) \
+                ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, \
+                    update_time = EXCLUDED.update_time, demanded_units = EXCLUDED.demanded_units \
              ) \
              UPDATE offering_head AS h SET subscribed_units = v.subscribed_units, investor_count = v.investor_count, \
-                status = v.status, version = v.version, update_time = v.update_time \
-             FROM UNNEST($17::text[], $18::bigint[], $19::bigint[], $20::smallint[], $21::bigint[], $22::timestamptz[]) \
-                AS v (offering_id, subscribed_units, investor_count, status, version, update_time) \
+                status = v.status, version = v.version, update_time = v.update_time, demanded_units = v.demanded_units, \
+                name = v.name, max_units = v.max_units, max_units_per_investor = v.max_units_per_investor, \
+                close_time = v.close_time \
+             FROM UNNEST($30::text[], $31::bigint[], $32::bigint[], $33::smallint[], $34::bigint[], $35::timestamptz[], \
+                $36::bigint[], $37::text[], $38::bigint[], $39::bigint[], $40::timestamptz[]) \
+                AS v (offering_id, subscribed_units, investor_count, status, version, update_time, demanded_units, \
+                    name, max_units, max_units_per_investor, close_time) \
              WHERE h.offering_id = v.offering_id \
-             RETURNING (SELECT count(*) FROM appended), pg_notify($23, v.version::text || ':' || v.offering_id)",
-        )
+             RETURNING (SELECT count(*) FROM appended), pg_notify($41, v.version::text || ':' || v.offering_id)"
+        ))
         .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.kind as i16).collect::<Vec<_>>())
@@ -252,16 +316,34 @@ impl PgStore {
         .bind(entries.iter().map(|e| e.expected_version).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.record_time).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.demand_delta).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.investor_demand_after).collect::<Vec<_>>())
+        .bind(entries.iter().map(|e| e.offering_demand_after).collect::<Vec<_>>())
+        .bind(names(true))
+        .bind(caps(true))
+        .bind(investor_caps(true))
+        .bind(closes(true))
+        .bind(names(false))
+        .bind(caps(false))
+        .bind(investor_caps(false))
+        .bind(closes(false))
         .bind(positions.iter().map(|p| p.offering_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.units).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.update_time).collect::<Vec<_>>())
+        .bind(positions.iter().map(|p| p.demanded_units).collect::<Vec<_>>())
+        .bind(positions.iter().map(|p| p.first_sequence).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.offering_id.as_str()).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.subscribed_units).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.investor_count).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.status as i16).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.version).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.update_time).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.demanded_units).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.max_units).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.max_units_per_investor).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.close_time).collect::<Vec<_>>())
         .bind(CHANGE_CHANNEL)
         .fetch_all(&mut **tx)
         .await?;
@@ -285,39 +367,20 @@ impl Store for PgStore {
         // loser then sees the winner's committed rows.
         let inserted = sqlx::query(concat!(
             "WITH head AS ( \
-                INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
-                    investor_count, status, version, create_time, update_time) \
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
+                INSERT INTO offering_head (",
+            head_columns!(),
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
              ) \
              INSERT INTO history_entry (",
             entry_columns!(),
-            ") SELECT $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 FROM head"
-        ))
-        .bind(&head.offering_id)
-        .bind(&head.name)
-        .bind(head.max_units)
-        .bind(head.max_units_per_investor)
-        .bind(head.subscribed_units)
-        .bind(head.investor_count)
-        .bind(head.status as i16)
-        .bind(head.version)
-        .bind(head.create_time)
-        .bind(head.update_time)
-        .bind(&entry.offering_id)
-        .bind(entry.sequence)
-        .bind(entry.kind as i16)
-        .bind(&entry.investor_id)
-        .bind(entry.units_delta)
-        .bind(entry.investor_units_after)
-        .bind(entry.offering_units_after)
-        .bind(&entry.request_id)
-        .bind(entry.requested_units)
-        .bind(entry.expected_version)
-        .bind(entry.record_time)
-        .bind(&entry.actor)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+            ") SELECT $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, \
+                $36, $37, $38, $39, $40 FROM head"
+        ));
+        let inserted = bind_entry(bind_head(inserted, &head), &entry)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         if inserted == 1 {
             tx.commit().await?;
             let _ = self.changes.send(Change {
@@ -395,10 +458,11 @@ impl Store for PgStore {
         offering_id: &str,
         investor_id: &str,
     ) -> Result<Option<Position>, StoreError> {
-        let row: Option<PositionRow> = sqlx::query_as(
-            "SELECT offering_id, investor_id, units, update_time FROM investor_position \
-             WHERE offering_id = $1 AND investor_id = $2",
-        )
+        let row: Option<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE offering_id = $1 AND investor_id = $2"
+        ))
         .bind(offering_id)
         .bind(investor_id)
         .fetch_optional(&self.pool)
@@ -437,11 +501,14 @@ impl Store for PgStore {
                 verifier.check_entry(&row.try_into()?);
             }
         }
-        let positions: Vec<PositionRow> =
-            sqlx::query_as("SELECT offering_id, investor_id, units, update_time FROM investor_position WHERE offering_id = $1")
-                .bind(offering_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let positions: Vec<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE offering_id = $1"
+        ))
+        .bind(offering_id)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.rollback().await?;
         let positions: Vec<Position> = positions.into_iter().map(Position::from).collect();
         Ok(Some(verifier.finish(&head, &positions)))

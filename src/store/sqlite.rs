@@ -15,13 +15,14 @@ use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::broadcast;
 
 use super::rows::{
-    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+    EntryRow, HeadRow, PositionRow, bind_entry, bind_head, bind_position, entry_columns,
+    head_columns, into_entries, into_offerings, position_columns,
 };
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
-    Rejection, Request, Results, check_create,
+    Rejection, Results, check_create,
 };
 
 /// How long a writer waits for another connection or process to release the write lock before
@@ -89,27 +90,44 @@ impl SqliteStore {
 
     async fn load_batch_inputs(
         tx: &mut Transaction<'static, Sqlite>,
-        offering_id: &str,
-        requests: &[Request],
+        item: &OfferingRequests,
     ) -> Result<(Vec<Position>, Vec<Entry>), StoreError> {
         // Lists travel as JSON arrays: SQLite has no array parameters.
-        let investor_ids: Vec<&str> = requests
-            .iter()
-            .filter_map(|r| r.command.investor_id())
-            .collect();
-        let positions: Vec<PositionRow> = if investor_ids.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(
-                "SELECT offering_id, investor_id, units, update_time FROM investor_position \
-                 WHERE offering_id = ?1 AND investor_id IN (SELECT value FROM json_each(?2))",
-            )
+        let offering_id = &*item.offering_id;
+        let positions: Vec<PositionRow> = if item.reads_all_positions() {
+            sqlx::query_as(concat!(
+                "SELECT ",
+                position_columns!(),
+                " FROM investor_position WHERE offering_id = ?1"
+            ))
             .bind(offering_id)
-            .bind(json_array(&investor_ids))
             .fetch_all(&mut **tx)
             .await?
+        } else {
+            let investor_ids: Vec<&str> = item
+                .requests
+                .iter()
+                .filter_map(|r| r.command.investor_id())
+                .collect();
+            if investor_ids.is_empty() {
+                Vec::new()
+            } else {
+                sqlx::query_as(concat!(
+                    "SELECT ",
+                    position_columns!(),
+                    " FROM investor_position WHERE offering_id = ?1 AND investor_id IN (SELECT value FROM json_each(?2))"
+                ))
+                .bind(offering_id)
+                .bind(json_array(&investor_ids))
+                .fetch_all(&mut **tx)
+                .await?
+            }
         };
-        let request_ids: Vec<&str> = requests.iter().map(|r| r.request_id.as_str()).collect();
+        let request_ids: Vec<&str> = item
+            .requests
+            .iter()
+            .map(|r| r.request_id.as_str())
+            .collect();
         let recorded: Vec<EntryRow> = sqlx::query_as(concat!(
             "SELECT ",
             entry_columns!(),
@@ -133,20 +151,20 @@ impl SqliteStore {
             insert_entry(tx, entry).await?;
         }
         for position in &writes.positions {
-            sqlx::query(
-                "INSERT INTO investor_position (offering_id, investor_id, units, update_time) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = excluded.units, update_time = excluded.update_time",
-            )
-            .bind(&position.offering_id)
-            .bind(&position.investor_id)
-            .bind(position.units)
-            .bind(position.update_time)
-            .execute(&mut **tx)
-            .await?;
+            let upsert = sqlx::query(concat!(
+                "INSERT INTO investor_position (",
+                position_columns!(),
+                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = excluded.units, \
+                    update_time = excluded.update_time, demanded_units = excluded.demanded_units"
+            ));
+            bind_position(upsert, position).execute(&mut **tx).await?;
         }
         let head = &writes.head;
         sqlx::query(
-            "UPDATE offering_head SET subscribed_units = ?2, investor_count = ?3, status = ?4, version = ?5, update_time = ?6 \
+            "UPDATE offering_head SET subscribed_units = ?2, investor_count = ?3, status = ?4, version = ?5, \
+                update_time = ?6, demanded_units = ?7, name = ?8, max_units = ?9, max_units_per_investor = ?10, \
+                close_time = ?11 \
              WHERE offering_id = ?1",
         )
         .bind(&head.offering_id)
@@ -155,6 +173,11 @@ impl SqliteStore {
         .bind(head.status as i16)
         .bind(head.version)
         .bind(head.update_time)
+        .bind(head.demanded_units)
+        .bind(&head.name)
+        .bind(head.max_units)
+        .bind(head.max_units_per_investor)
+        .bind(head.close_time)
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -191,25 +214,13 @@ async fn insert_entry(
     tx: &mut Transaction<'static, Sqlite>,
     entry: &Entry,
 ) -> Result<(), StoreError> {
-    sqlx::query(concat!(
+    let insert = sqlx::query(concat!(
         "INSERT INTO history_entry (",
         entry_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-    ))
-    .bind(&entry.offering_id)
-    .bind(entry.sequence)
-    .bind(entry.kind as i16)
-    .bind(&entry.investor_id)
-    .bind(entry.units_delta)
-    .bind(entry.investor_units_after)
-    .bind(entry.offering_units_after)
-    .bind(&entry.request_id)
-    .bind(entry.requested_units)
-    .bind(entry.expected_version)
-    .bind(entry.record_time)
-    .bind(&entry.actor)
-    .execute(&mut **tx)
-    .await?;
+        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+            ?21, ?22, ?23)"
+    ));
+    bind_entry(insert, entry).execute(&mut **tx).await?;
     Ok(())
 }
 
@@ -238,23 +249,12 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(check_create(new, existing, &created_by.try_into()?));
         }
-        sqlx::query(concat!(
+        let insert = sqlx::query(concat!(
             "INSERT INTO offering_head (",
             head_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
-        ))
-        .bind(&head.offering_id)
-        .bind(&head.name)
-        .bind(head.max_units)
-        .bind(head.max_units_per_investor)
-        .bind(head.subscribed_units)
-        .bind(head.investor_count)
-        .bind(head.status as i16)
-        .bind(head.version)
-        .bind(head.create_time)
-        .bind(head.update_time)
-        .execute(&mut *tx)
-        .await?;
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+        ));
+        bind_head(insert, &head).execute(&mut *tx).await?;
         insert_entry(&mut tx, &entry).await?;
         tx.commit().await?;
         self.announce(&head.offering_id, 1);
@@ -271,8 +271,7 @@ impl Store for SqliteStore {
                 continue;
             };
             heads.push(head);
-            let (item_positions, item_recorded) =
-                Self::load_batch_inputs(&mut tx, &item.offering_id, &item.requests).await?;
+            let (item_positions, item_recorded) = Self::load_batch_inputs(&mut tx, item).await?;
             positions.extend(item_positions);
             recorded.extend(item_recorded);
         }
@@ -325,10 +324,11 @@ impl Store for SqliteStore {
         offering_id: &str,
         investor_id: &str,
     ) -> Result<Option<Position>, StoreError> {
-        let row: Option<PositionRow> = sqlx::query_as(
-            "SELECT offering_id, investor_id, units, update_time FROM investor_position \
-             WHERE offering_id = ?1 AND investor_id = ?2",
-        )
+        let row: Option<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE offering_id = ?1 AND investor_id = ?2"
+        ))
         .bind(offering_id)
         .bind(investor_id)
         .fetch_optional(&self.pool)
@@ -364,11 +364,14 @@ impl Store for SqliteStore {
                 verifier.check_entry(&row.try_into()?);
             }
         }
-        let positions: Vec<PositionRow> =
-            sqlx::query_as("SELECT offering_id, investor_id, units, update_time FROM investor_position WHERE offering_id = ?1")
-                .bind(offering_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let positions: Vec<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE offering_id = ?1"
+        ))
+        .bind(offering_id)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.rollback().await?;
         let positions: Vec<Position> = positions.into_iter().map(Position::from).collect();
         Ok(Some(verifier.finish(&head, &positions)))

@@ -294,6 +294,7 @@ pub fn offering(
         max_units,
         max_units_per_investor,
         request_id: format!("create-{id}"),
+        ..Default::default()
     }
 }
 
