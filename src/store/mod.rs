@@ -20,7 +20,7 @@ use crate::ledger::{
 pub use crate::telemetry::metrics::PoolStats;
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{LIST_OFFERINGS_SQL as SQLITE_LIST_OFFERINGS_SQL, SqliteStore};
 
 /// Errors of the storage itself, as opposed to a ledger rule refusing a request.
 #[derive(Debug, thiserror::Error)]
