@@ -1,4 +1,4 @@
-//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`. Flags fall back to environment variables.
+//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`, `subledger bench-redis-lock`. Flags fall back to environment variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +43,8 @@ enum Command {
     Migrate(DatabaseArgs),
     /// Load a running server (or several replicas) and report throughput and latency.
     Bench(crate::bench::BenchArgs),
+    /// Strategy (e) of bench/strategies.sh: Subscribes under a Redis lock, straight to PostgreSQL.
+    BenchRedisLock(crate::bench::redis_lock::RedisLockArgs),
 }
 
 #[derive(Args)]
@@ -118,6 +120,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
+        Command::BenchRedisLock(args) => crate::bench::redis_lock::run(args).await,
         Command::Migrate(args) => match args.database()? {
             Database::Postgres(url) => {
                 let store = open_postgres(&url, args.max_connections).await?;
