@@ -17,7 +17,7 @@
 #
 # usage: bench/strategies.sh        (defaults below; override with the variables)
 #   STRATEGIES="..."  SCENARIOS="hot spread"  CLIENTS="1 16 64"  SECONDS_EACH=10  SELLOUT_SECONDS=10
-#   SELLOUT_HOT_UNITS=500 (the hot offering's cap)  SELLOUT_SPREAD_UNITS=4 (each of 1,000 offerings' cap)
+#   SELLOUT_HOT_UNITS=500 (the hot offering's cap)  SELLOUT_SPREAD_UNITS=2 (each of 1,000 offerings' cap)
 #   LOCK_TTL_MS=10000  SHORT_LOCK_TTL_MS=100  SLOW_FRACTION=0.01  SLOW_MS=250  (the expiring lease)
 #   PROFILE=release (the subledger build)  PGURL=postgres://postgres@127.0.0.1:5432/postgres
 #   REDIS_URL=redis://127.0.0.1:6379/  SUBLEDGER_PG_ANCHOR=../shared/bench/pg-anchor
@@ -36,7 +36,7 @@ clients_list=${CLIENTS:-1 16 64}
 secs=${SECONDS_EACH:-10}
 sellout_secs=${SELLOUT_SECONDS:-$secs}
 sellout_hot_units=${SELLOUT_HOT_UNITS:-500}
-sellout_spread_units=${SELLOUT_SPREAD_UNITS:-4}
+sellout_spread_units=${SELLOUT_SPREAD_UNITS:-2}
 lock_ttl_ms=${LOCK_TTL_MS:-10000}
 short_lock_ttl_ms=${SHORT_LOCK_TTL_MS:-100}
 slow_fraction=${SLOW_FRACTION:-0.01}
@@ -188,6 +188,8 @@ measure() {
       run_redis_lock "$ttl" "$slow" "$offerings" "$clients" "$secs" 10 ;;
     queue)
       fresh_database
+      # serve listens before its migrations are done: migrate first, so the tables exist when it answers.
+      "$bin" migrate --database-url "$db_url" 2>>"$work/server.log"
       start_server
       if [ "$scenario" = hot ]; then
         run_queue_bench --scenario sellout --sellout-units "$sellout_cap" --concurrency "$clients" --duration "$sellout_secs"
@@ -200,6 +202,7 @@ measure() {
       read -r oversold taken cap sold_out head < <(queue_taken)
       stop_server
       fresh_database
+      "$bin" migrate --database-url "$db_url" 2>>"$work/server.log"
       start_server
       run_queue_bench --scenario "$scenario" --offerings "$offerings" --concurrency "$clients" --duration "$secs"
       stop_server ;;
