@@ -1,5 +1,5 @@
-//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`, `subledger token`.
-//! Flags fall back to environment variables.
+//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`, `subledger token`,
+//! `subledger bench-redis-lock`. Flags fall back to environment variables.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,8 @@ enum Command {
     /// Bearer tokens for the auth file.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Strategy (e) of bench/strategies.sh: Subscribes under a Redis lock, straight to PostgreSQL.
+    BenchRedisLock(crate::bench::redis_lock::RedisLockArgs),
 }
 
 #[derive(Subcommand)]
@@ -207,6 +209,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Bench(args) => crate::bench::run(args).await,
         Command::Token(TokenCommand::New { name, roles }) => print_new_token(&name, &roles),
+        Command::BenchRedisLock(args) => crate::bench::redis_lock::run(args).await,
         Command::Migrate(args) => match args.database()? {
             Database::Postgres(url) => {
                 let store = open_postgres(&url, args.max_connections).await?;

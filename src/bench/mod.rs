@@ -5,6 +5,8 @@
 //! percentiles and counts per status code. Then it verifies every offering it used: a benchmark
 //! that breaks the ledger is a bug, not a result, and makes the command fail.
 
+pub mod redis_lock;
+
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
