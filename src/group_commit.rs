@@ -20,9 +20,7 @@ use tokio::sync::oneshot;
 
 use crate::ledger::{Applied, OfferingRequests, Rejection, Request};
 use crate::store::{Store, StoreError};
-use crate::telemetry::metrics::{
-    COMMIT_DURATION, COMMIT_OFFERINGS, COMMIT_REQUESTS, QUEUED_REQUESTS, TRANSACTIONS_IN_FLIGHT,
-};
+use crate::telemetry::metrics::CommitMetrics;
 
 /// Requests in one transaction at most: bounds lock hold times and a statement's size.
 pub const BATCH_REQUESTS_MAX: usize = 256;
@@ -84,6 +82,7 @@ struct State {
 pub struct GroupCommitter<S> {
     store: S,
     state: Arc<Mutex<State>>,
+    metrics: Arc<CommitMetrics>,
 }
 
 impl<S: Store> GroupCommitter<S> {
@@ -91,6 +90,7 @@ impl<S: Store> GroupCommitter<S> {
         Self {
             store,
             state: Arc::default(),
+            metrics: Arc::new(CommitMetrics::new()),
         }
     }
 
@@ -113,7 +113,6 @@ impl<S: Store> GroupCommitter<S> {
                 });
             }
             state.queued_total += 1;
-            metrics::gauge!(QUEUED_REQUESTS).increment(1);
             let pending = Pending { request, reply };
             match state.queued.get_mut(offering_id) {
                 Some(queue) => queue.push(pending),
@@ -131,6 +130,8 @@ impl<S: Store> GroupCommitter<S> {
             }
             start
         };
+        // Metrics outside the lock: the critical section stays as short as without them.
+        self.metrics.queued.increment(1);
         if start_worker {
             tokio::spawn(self.clone().run_worker());
         }
@@ -155,13 +156,15 @@ impl<S: Store> GroupCommitter<S> {
             };
             guard.taken = work.iter().map(|item| item.offering_id.clone()).collect();
             let requests: usize = work.iter().map(|item| item.requests.len()).sum();
-            metrics::histogram!(COMMIT_REQUESTS).record(requests as f64);
-            metrics::histogram!(COMMIT_OFFERINGS).record(work.len() as f64);
-            metrics::gauge!(TRANSACTIONS_IN_FLIGHT).increment(1);
+            let metrics = &self.metrics;
+            metrics.queued.decrement(requests as f64);
+            metrics.requests.record(requests as f64);
+            metrics.offerings.record(work.len() as f64);
+            metrics.in_flight.increment(1);
             let started = Instant::now();
             let applied = self.store.apply(&work).await;
-            metrics::histogram!(COMMIT_DURATION).record(started.elapsed().as_secs_f64());
-            metrics::gauge!(TRANSACTIONS_IN_FLIGHT).decrement(1);
+            metrics.duration.record(started.elapsed().as_secs_f64());
+            metrics.in_flight.decrement(1);
             match applied {
                 Ok(results) => answer(replies, results),
                 // One offering's trouble (a head locked elsewhere past lock_timeout, say) must
@@ -209,7 +212,6 @@ impl<S: Store> GroupCommitter<S> {
             let take = queue.len().min(BATCH_REQUESTS_MAX - taken);
             let batch: Vec<Pending> = queue.drain(..take).collect();
             state.queued_total -= batch.len();
-            metrics::gauge!(QUEUED_REQUESTS).decrement(batch.len() as f64);
             if queue.is_empty() {
                 state.queued.remove(&offering_id);
             }

@@ -55,6 +55,8 @@ pub struct LedgerService<S> {
     max_watch_streams: usize,
     verifications_admitted: Semaphore,
     verifications_running: Semaphore,
+    /// Each RPC's metric handles, registered once.
+    rpc_metrics: std::collections::HashMap<&'static str, metrics::RpcMetrics>,
 }
 
 impl<S: Store> LedgerService<S> {
@@ -67,6 +69,10 @@ impl<S: Store> LedgerService<S> {
             max_watch_streams: limits.max_watch_streams,
             verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
             verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
+            rpc_metrics: auth::RPC_ROLES
+                .iter()
+                .map(|(method, _)| (*method, metrics::RpcMetrics::new(method)))
+                .collect(),
         }
     }
 
@@ -96,7 +102,7 @@ impl<S: Store> LedgerService<S> {
         actor: Arc<str>,
         command: fn(i64) -> Command,
     ) -> Result<Response<proto::Offering>, Status> {
-        traced(rpc_span(method, &offering_id, &request_id), async move {
+        traced(self.call(method, &offering_id, &request_id), async move {
             validate::id("offering_id", &offering_id)?;
             validate::not_negative("expected_version", expected_version)?;
             let request_id = validate::id_or_new("request_id", request_id)?;
@@ -106,6 +112,22 @@ impl<S: Store> LedgerService<S> {
             Ok(convert::offering(applied.offering))
         })
         .await
+    }
+
+    /// A call's span and metrics. The ids are logged before they are validated, so they are
+    /// cut to a valid id's length: a caller cannot write megabytes into the log with one request.
+    fn call(&self, method: &'static str, offering_id: &str, request_id: &str) -> Call {
+        let span = tracing::info_span!(
+            "rpc",
+            method,
+            offering_id = cut_for_log(offering_id),
+            request_id = cut_for_log(request_id)
+        );
+        let metrics = match self.rpc_metrics.get(method) {
+            Some(metrics) => metrics.clone(),
+            None => metrics::RpcMetrics::new(method),
+        };
+        Call { span, metrics }
     }
 
     async fn require_offering(&self, offering_id: &str) -> Result<ledger::Offering, ApiError> {
@@ -120,20 +142,10 @@ impl<S: Store> LedgerService<S> {
 
 /// The ids are logged before they are validated, so they are cut to a valid id's length: a
 /// caller cannot write megabytes into the log with one request.
-fn rpc_span(method: &'static str, offering_id: &str, request_id: &str) -> Call {
-    let span = tracing::info_span!(
-        "rpc",
-        method,
-        offering_id = cut_for_log(offering_id),
-        request_id = cut_for_log(request_id)
-    );
-    Call { method, span }
-}
-
-/// One call's RPC name and tracing span.
+/// One call's tracing span and metric handles.
 struct Call {
-    method: &'static str,
     span: tracing::Span,
+    metrics: metrics::RpcMetrics,
 }
 
 fn cut_for_log(id: &str) -> &str {
@@ -147,7 +159,7 @@ async fn traced<T>(
     span: Call,
     call: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<Response<T>, Status> {
-    let Call { method, span } = span;
+    let Call { span, metrics } = span;
     let started = Instant::now();
     let result = call.instrument(span.clone()).await;
     let elapsed = started.elapsed();
@@ -155,7 +167,7 @@ async fn traced<T>(
     let _entered = span.enter();
     match result {
         Ok(reply) => {
-            metrics::record_call(method, tonic::Code::Ok, elapsed);
+            metrics.record(tonic::Code::Ok, elapsed);
             tracing::debug!(code = ?tonic::Code::Ok, latency_us, "call finished");
             Ok(Response::new(reply))
         }
@@ -163,7 +175,7 @@ async fn traced<T>(
             let cause = matches!(error, ApiError::Store(_)).then(|| error.to_string());
             let status = Status::from(error);
             let code = status.code();
-            metrics::record_call(method, code, elapsed);
+            metrics.record(code, elapsed);
             match (code, cause) {
                 (tonic::Code::Internal, cause) => {
                     tracing::error!(
@@ -206,7 +218,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
-            rpc_span("CreateOffering", &r.offering_id, &r.request_id),
+            self.call("CreateOffering", &r.offering_id, &r.request_id),
             async move {
                 let new = validate::new_offering(r, actor, crate::store::now())?;
                 match self.store.create_offering(&new).await?? {
@@ -224,7 +236,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::GetOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("GetOffering", &r.offering_id, ""), async move {
+        traced(self.call("GetOffering", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
             let offering = self.require_offering(&r.offering_id).await?;
             Ok(convert::offering(offering.as_of(crate::store::now())))
@@ -237,7 +249,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::ListOfferingsRequest>,
     ) -> Result<Response<proto::ListOfferingsResponse>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("ListOfferings", "", ""), async move {
+        traced(self.call("ListOfferings", "", ""), async move {
             let limit = validate::page_size(r.page_size)?;
             let after = validate::page_token(OFFERINGS_TOKEN, &r.page_token)?;
             if let Some(key) = &after {
@@ -331,7 +343,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
-            rpc_span("AmendOffering", &r.offering_id, &r.request_id),
+            self.call("AmendOffering", &r.offering_id, &r.request_id),
             async move {
                 validate::id("offering_id", &r.offering_id)?;
                 validate::not_negative("expected_version", r.expected_version)?;
@@ -357,7 +369,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
-            rpc_span("Subscribe", &r.offering_id, &r.request_id),
+            self.call("Subscribe", &r.offering_id, &r.request_id),
             async move {
                 validate::id("offering_id", &r.offering_id)?;
                 validate::id("investor_id", &r.investor_id)?;
@@ -389,7 +401,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let actor = auth::actor(&request);
         let r = request.into_inner();
         traced(
-            rpc_span("Cancel", &r.offering_id, &r.request_id),
+            self.call("Cancel", &r.offering_id, &r.request_id),
             async move {
                 validate::id("offering_id", &r.offering_id)?;
                 validate::id("investor_id", &r.investor_id)?;
@@ -419,7 +431,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::GetPositionRequest>,
     ) -> Result<Response<proto::Position>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("GetPosition", &r.offering_id, ""), async move {
+        traced(self.call("GetPosition", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
             validate::id("investor_id", &r.investor_id)?;
             let position = match self
@@ -451,7 +463,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::ListHistoryRequest>,
     ) -> Result<Response<proto::ListHistoryResponse>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("ListHistory", &r.offering_id, ""), async move {
+        traced(self.call("ListHistory", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
             let investor_id = validate::optional_id("investor_id", &r.investor_id)?;
             let actor = validate::optional_actor(&r.actor)?;
@@ -518,7 +530,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::WatchHistoryRequest>,
     ) -> Result<Response<Self::WatchHistoryStream>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("WatchHistory", &r.offering_id, ""), async move {
+        traced(self.call("WatchHistory", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
             validate::not_negative("after_sequence", r.after_sequence)?;
             if self.shutdown.is_cancelled() {
@@ -564,7 +576,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::VerifyOfferingRequest>,
     ) -> Result<Response<proto::VerifyOfferingResponse>, Status> {
         let r = request.into_inner();
-        traced(rpc_span("VerifyOffering", &r.offering_id, ""), async move {
+        traced(self.call("VerifyOffering", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
             let _admitted = self.verifications_admitted.try_acquire().map_err(|_| {
                 ApiError::LimitReached {

@@ -108,10 +108,65 @@ fn describe() {
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
 }
 
-/// Records the end of one call that reached its handler.
-pub fn record_call(method: &'static str, code: tonic::Code, elapsed: Duration) {
-    metrics::counter!(RPC_REQUESTS, "method" => method, "code" => code_name(code)).increment(1);
-    metrics::histogram!(RPC_DURATION, "method" => method).record(elapsed.as_secs_f64());
+/// One RPC's metric handles, registered once (when the service is built, after the recorder
+/// is installed): a call's end is then an atomic add and a histogram sample, with no lookup of
+/// the metric by name and labels.
+#[derive(Clone)]
+pub struct RpcMetrics(std::sync::Arc<RpcHandles>);
+
+struct RpcHandles {
+    method: &'static str,
+    /// By gRPC code (0..=16), registered at the code's first use so that /metrics lists only
+    /// the codes an RPC has answered.
+    requests: [std::sync::OnceLock<metrics::Counter>; 17],
+    duration: metrics::Histogram,
+}
+
+impl RpcMetrics {
+    pub fn new(method: &'static str) -> Self {
+        Self(std::sync::Arc::new(RpcHandles {
+            method,
+            requests: Default::default(),
+            duration: metrics::histogram!(RPC_DURATION, "method" => method),
+        }))
+    }
+
+    /// Records the end of one call that reached its handler.
+    pub fn record(&self, code: tonic::Code, elapsed: Duration) {
+        let handles = &self.0;
+        let counter = handles.requests[(code as usize).min(16)].get_or_init(|| {
+            metrics::counter!(RPC_REQUESTS, "method" => handles.method, "code" => code_name(code))
+        });
+        counter.increment(1);
+        handles.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// The group committer's metric handles, registered once.
+pub struct CommitMetrics {
+    pub requests: metrics::Histogram,
+    pub offerings: metrics::Histogram,
+    pub duration: metrics::Histogram,
+    pub in_flight: metrics::Gauge,
+    pub queued: metrics::Gauge,
+}
+
+impl CommitMetrics {
+    pub fn new() -> Self {
+        Self {
+            requests: metrics::histogram!(COMMIT_REQUESTS),
+            offerings: metrics::histogram!(COMMIT_OFFERINGS),
+            duration: metrics::histogram!(COMMIT_DURATION),
+            in_flight: metrics::gauge!(TRANSACTIONS_IN_FLIGHT),
+            queued: metrics::gauge!(QUEUED_REQUESTS),
+        }
+    }
+}
+
+impl Default for CommitMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Records a call refused before any handler ran (auth, size limits, a body that does not
