@@ -74,34 +74,12 @@ backend_tests!(bench_scenarios_run_and_verify);
 /// `subledger bench` against a secured server: mutual TLS, a client certificate and a token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runs_over_mutual_tls_with_a_token() {
-    use std::sync::Arc;
+    use common::tls::SecuredServer;
 
-    use common::tls::{Holder, Pki};
-    use subledger::api::auth::{Authenticator, new_token};
-    use subledger::server::ServerConfig;
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let pki = Pki::new("bench test CA");
-    let client = pki.client(Holder::Dns("bench-host"));
-    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(path("client.pem"), &client.cert).unwrap();
-    std::fs::write(path("client.key"), &client.key).unwrap();
-    let (token, digest) = new_token().unwrap();
-    let auth = format!(
-        "[[principal]]\nname = \"bench\"\nroles = [\"operator\"]\ntoken_sha256 = \"{digest}\"\n"
-    );
-    std::fs::write(path("auth.toml"), auth).unwrap();
     let db = TestDb::new(common::Backend::Sqlite).await.unwrap();
-    let server = db
-        .start_server_with(ServerConfig {
-            tls: Some(pki.server_tls(true)),
-            authenticator: Arc::new(
-                Authenticator::from_file(dir.path().join("auth.toml").as_path()).unwrap(),
-            ),
-            ..ServerConfig::default()
-        })
-        .await;
+    let secured = SecuredServer::start(&db, "bench").await;
+    let (server, token) = (&secured.server, &secured.token);
+    let path = |name: &str| secured.path(name);
     let target = format!("https://localhost:{}", server.address.port());
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
         .args([
@@ -122,7 +100,7 @@ async fn bench_runs_over_mutual_tls_with_a_token() {
             "--tls-key",
             &path("client.key"),
         ])
-        .env("SUBLEDGER_TOKEN", &token)
+        .env("SUBLEDGER_TOKEN", token)
         .output()
         .await
         .unwrap();

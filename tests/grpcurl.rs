@@ -143,40 +143,15 @@ async fn grpcurl_lists_describes_and_subscribes() {
 /// certificate and a bearer token; the token's principal is recorded as the actor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_over_mutual_tls_with_a_token() {
-    use std::sync::Arc;
-
-    use common::tls::{Holder, Pki};
-    use subledger::api::auth::{Authenticator, new_token};
-    use subledger::server::ServerConfig;
+    use common::tls::SecuredServer;
 
     if !grpcurl_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let pki = Pki::new("grpcurl test CA");
-    let client = pki.client(Holder::Dns("checkout-host"));
-    std::fs::write(path("ca.pem"), &pki.ca_pem).unwrap();
-    std::fs::write(path("client.pem"), &client.cert).unwrap();
-    std::fs::write(path("client.key"), &client.key).unwrap();
-    let (token, digest) = new_token().unwrap();
-    std::fs::write(
-        path("auth.toml"),
-        format!(
-            "[[principal]]\nname = \"checkout\"\nroles = [\"operator\"]\ntoken_sha256 = \"{digest}\"\n"
-        ),
-    )
-    .unwrap();
     let db = TestDb::new(Backend::Sqlite).await.unwrap();
-    let server = db
-        .start_server_with(ServerConfig {
-            tls: Some(pki.server_tls(true)),
-            authenticator: Arc::new(
-                Authenticator::from_file(dir.path().join("auth.toml").as_path()).unwrap(),
-            ),
-            ..ServerConfig::default()
-        })
-        .await;
+    let secured = SecuredServer::start(&db, "checkout").await;
+    let (server, token) = (&secured.server, secured.token.clone());
+    let path = |name: &str| secured.path(name);
     let address = format!("localhost:{}", server.address.port());
     let header = format!("authorization: Bearer {token}");
     let secured = |extra: &[&str], data: &str, method: &str| {

@@ -122,3 +122,51 @@ pub fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
     }
     request
 }
+
+/// A server over mutual TLS whose auth file names one operator principal by its token, with the
+/// files a command-line client needs written to `dir`: ca.pem, client.pem and client.key (a
+/// certificate that names no principal, so the token decides).
+pub struct SecuredServer {
+    pub server: super::TestServer,
+    pub token: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl SecuredServer {
+    pub async fn start(db: &super::TestDb, principal: &str) -> Self {
+        use std::sync::Arc;
+
+        use subledger::api::auth::{Authenticator, new_token};
+        use subledger::server::ServerConfig;
+
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new("test CA");
+        let client = pki.client(Holder::Dns("client-host"));
+        let (token, digest) = new_token().unwrap();
+        let auth = format!(
+            "[[principal]]\nname = {principal:?}\nroles = [\"operator\"]\ntoken_sha256 = \"{digest}\"\n"
+        );
+        for (name, text) in [
+            ("ca.pem", &pki.ca_pem),
+            ("client.pem", &client.cert),
+            ("client.key", &client.key),
+            ("auth.toml", &auth),
+        ] {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let authenticator = Authenticator::from_file(&dir.path().join("auth.toml")).unwrap();
+        let server = db
+            .start_server_with(ServerConfig {
+                tls: Some(pki.server_tls(true)),
+                authenticator: Arc::new(authenticator),
+                ..ServerConfig::default()
+            })
+            .await;
+        Self { server, token, dir }
+    }
+
+    /// The path of one of the client's files, as a command line takes it.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+}
