@@ -100,7 +100,7 @@ struct ServeArgs {
     max_client_connections: usize,
     /// A connection that sends nothing for this long is closed (10s, 500ms, 2m; bare = seconds).
     /// Live clients answer the PINGs the server sends after a third of it.
-    #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::duration::parse)]
     idle_timeout: Duration,
     /// WatchHistory streams open at once on this process.
     #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = 1_000)]
@@ -115,33 +115,6 @@ struct ServeArgs {
 fn parse_role(name: &str) -> Result<Role, String> {
     Role::parse(name)
         .ok_or_else(|| format!("{name:?} is not a role: reader, subscriber or operator"))
-}
-
-/// A duration as `10s`, `500ms`, `2m` or `1h`; a bare number means seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration: expected e.g. 10s, 500ms, 2m"))?;
-    let seconds = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {unit:?}; use ms, s, m or h"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?} is not a positive duration"))
 }
 
 #[derive(Args)]
@@ -414,27 +387,4 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested: finishing calls in flight");
     shutdown.cancel();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_take_units_and_a_bare_number_is_seconds() {
-        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
-        let unknown = parse_duration("10 parsecs").unwrap_err();
-        assert!(unknown.contains("unknown unit"), "{unknown}");
-        assert!(
-            parse_duration("fast")
-                .unwrap_err()
-                .contains("not a duration")
-        );
-        assert!(parse_duration("0s").unwrap_err().contains("positive"));
-        assert!(parse_duration("").is_err());
-    }
 }

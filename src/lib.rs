@@ -13,6 +13,7 @@
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod duration;
 pub mod group_commit;
 pub mod ledger;
 pub mod proto;

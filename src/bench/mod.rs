@@ -60,7 +60,7 @@ pub struct BenchArgs {
     concurrency: usize,
     /// How long to send calls: 10s, 2m, 500ms; a bare number is seconds (ignored with
     /// --requests).
-    #[arg(long, default_value = "10s", value_parser = crate::cli::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
     duration: Duration,
     /// Stop after this many calls instead of after --duration.
     #[arg(long)]
