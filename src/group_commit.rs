@@ -78,6 +78,58 @@ struct State {
     workers: usize,
 }
 
+impl State {
+    /// The committer's one rule: an offering is in `ready` exactly when it has queued requests
+    /// and is in no transaction. Called wherever either side of that may have changed.
+    /// `offering_id` must not be in `ready` already: callers pass one that was just queued for
+    /// the first time, or one whose transaction just ended (neither can be ready).
+    fn make_ready_if_idle(&mut self, offering_id: &Arc<str>) {
+        if self.queued.contains_key(offering_id) && !self.in_flight.contains(offering_id) {
+            self.ready.push_back(offering_id.clone());
+        }
+        self.debug_check();
+    }
+
+    /// A transaction for these offerings ended (committed, failed or panicked).
+    fn finish(&mut self, offerings: &[Arc<str>]) {
+        for offering_id in offerings {
+            self.in_flight.remove(offering_id);
+            self.make_ready_if_idle(offering_id);
+        }
+    }
+
+    /// The rule above, and the counts, asserted in debug builds (tests run them).
+    fn debug_check(&self) {
+        if cfg!(debug_assertions) {
+            let mut seen = HashSet::with_capacity(self.ready.len());
+            for offering_id in &self.ready {
+                assert!(
+                    self.queued.contains_key(offering_id),
+                    "ready but nothing queued"
+                );
+                assert!(
+                    !self.in_flight.contains(offering_id),
+                    "ready while in flight"
+                );
+                assert!(seen.insert(offering_id), "ready twice");
+            }
+            for offering_id in self.queued.keys() {
+                let waiting = self.in_flight.contains(offering_id) || seen.contains(offering_id);
+                assert!(
+                    waiting,
+                    "queued but neither ready nor in flight: it would wait forever"
+                );
+            }
+            let queued: usize = self.queued.values().map(Vec::len).sum();
+            assert_eq!(
+                queued, self.queued_total,
+                "queued_total counts every queued request"
+            );
+            assert!(self.workers <= TRANSACTIONS_IN_FLIGHT_MAX);
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct GroupCommitter<S> {
     store: S,
@@ -119,9 +171,7 @@ impl<S: Store> GroupCommitter<S> {
                 None => {
                     let offering_id: Arc<str> = offering_id.into();
                     state.queued.insert(offering_id.clone(), vec![pending]);
-                    if !state.in_flight.contains(&offering_id) {
-                        state.ready.push_back(offering_id);
-                    }
+                    state.make_ready_if_idle(&offering_id);
                 }
             }
             let start = state.workers < TRANSACTIONS_IN_FLIGHT_MAX && !state.ready.is_empty();
@@ -193,12 +243,7 @@ impl<S: Store> GroupCommitter<S> {
         let mut guard = lock(&self.state);
         // One &mut for the whole body, so that its fields can be borrowed apart.
         let state = &mut *guard;
-        for offering_id in done {
-            state.in_flight.remove(offering_id);
-            if state.queued.contains_key(offering_id) {
-                state.ready.push_back(offering_id.clone());
-            }
-        }
+        state.finish(done);
         let mut work = Vec::new();
         let mut replies = Vec::new();
         let mut taken = 0;
@@ -274,12 +319,7 @@ impl<S: Store> Drop for WorkerGuard<'_, S> {
             return;
         }
         let mut state = lock(&self.committer.state);
-        for offering_id in &self.taken {
-            state.in_flight.remove(offering_id);
-            if state.queued.contains_key(offering_id) {
-                state.ready.push_back(offering_id.clone());
-            }
-        }
+        state.finish(&self.taken);
         // This worker's slot passes to a fresh worker if anything is waiting.
         if state.ready.is_empty() {
             state.workers -= 1;
@@ -298,11 +338,30 @@ mod tests {
     use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
     use crate::store::{Change, HistoryQuery};
 
-    /// A store whose transactions wait until the test lets them through, and then apply nothing
-    /// (every request is answered "offering not found"): enough to fill the committer's queues.
+    /// What the fake store's next transaction does, if not the usual.
+    enum Step {
+        Fail,
+        Panic,
+    }
+
+    /// A store whose transactions wait until the test lets them through (`gate`), then do what
+    /// `script` says next, or apply nothing (every request answered "offering not found"):
+    /// enough to drive the committer through delays, failures and panics.
     #[derive(Clone)]
     struct GatedStore {
         gate: Arc<Semaphore>,
+        script: Arc<Mutex<std::collections::VecDeque<Step>>>,
+        transactions: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl GatedStore {
+        fn new(permits: usize, script: Vec<Step>) -> Self {
+            Self {
+                gate: Arc::new(Semaphore::new(permits)),
+                script: Arc::new(Mutex::new(script.into())),
+                transactions: Arc::default(),
+            }
+        }
     }
 
     impl Store for GatedStore {
@@ -319,6 +378,14 @@ mod tests {
 
         async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
             let _pass = self.gate.acquire().await.expect("gate open");
+            self.transactions
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let step = self.script.lock().unwrap().pop_front();
+            match step {
+                Some(Step::Fail) => return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+                Some(Step::Panic) => panic!("a bug in a transaction"),
+                None => {}
+            }
             Ok(work
                 .iter()
                 .map(|item| {
@@ -383,8 +450,9 @@ mod tests {
     /// Once it moves again, every request that was queued is answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queues_are_bounded_per_offering_and_per_process() {
-        let gate = Arc::new(Semaphore::new(0));
-        let committer = GroupCommitter::new(GatedStore { gate: gate.clone() });
+        let store = GatedStore::new(0, Vec::new());
+        let gate = store.gate.clone();
+        let committer = GroupCommitter::new(store);
         let mut queued = Vec::new();
         // Polled once, a submission is queued (Pending) or refused (Ready) at once.
         let mut submit_until_full = |offering: &dyn Fn(usize) -> String, n: &mut usize| loop {
@@ -418,6 +486,77 @@ mod tests {
                 Ok(Ok(Err(Rejection::OfferingNotFound { .. })))
             ));
         }
+        assert_eq!(lock(&committer.state).queued_total, 0);
+    }
+
+    fn not_found(outcome: &Outcome) -> bool {
+        matches!(outcome, Ok(Err(Rejection::OfferingNotFound { .. })))
+    }
+
+    /// A transaction that fails answers each of its callers with the error; the next one, for
+    /// the same offering, goes on as usual.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_transaction_answers_its_callers_and_the_next_goes_on() {
+        let store = GatedStore::new(1_000, vec![Step::Fail]);
+        let committer = GroupCommitter::new(store.clone());
+        let failed = committer.submit("deal", request(1)).await.unwrap();
+        assert!(matches!(&failed, Err(error) if matches!(**error, StoreError::Unavailable(_))));
+        let next = committer.submit("deal", request(2)).await.unwrap();
+        assert!(not_found(&next), "{next:?}");
+        retired(&committer).await;
+    }
+
+    /// Waits (briefly) for every worker to retire: a worker answers its callers before it looks
+    /// for more work and finds none.
+    async fn retired(committer: &GroupCommitter<GatedStore>) {
+        for _ in 0..1000 {
+            if lock(&committer.state).workers == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        panic!("a worker did not retire");
+    }
+
+    /// A worker that panics (a bug) answers its callers with an error, gives its slot back, and
+    /// the requests queued behind it are still applied: nobody waits forever.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_transaction_answers_its_callers_and_the_queue_goes_on() {
+        let store = GatedStore::new(0, vec![Step::Panic]);
+        let gate = store.gate.clone();
+        let committer = GroupCommitter::new(store.clone());
+        let calls: Vec<_> = (0..20)
+            .map(|n| {
+                let committer = committer.clone();
+                tokio::spawn(
+                    async move { committer.submit(&format!("o{}", n % 4), request(n)).await },
+                )
+            })
+            .collect();
+        loop {
+            let waiting = {
+                let state = lock(&committer.state);
+                state.queued_total + state.in_flight.len()
+            };
+            if waiting >= 4 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        gate.add_permits(1_000);
+        let (mut errors, mut applied) = (0, 0);
+        for call in calls {
+            match call.await.unwrap().unwrap() {
+                Err(_) => errors += 1,
+                outcome if not_found(&outcome) => applied += 1,
+                outcome => panic!("{outcome:?}"),
+            }
+        }
+        assert!(errors >= 1, "the panicked transaction's callers are told");
+        assert_eq!(errors + applied, 20, "every caller is answered");
+        let later = committer.submit("o1", request(99)).await.unwrap();
+        assert!(not_found(&later));
+        retired(&committer).await;
         assert_eq!(lock(&committer.state).queued_total, 0);
     }
 }
