@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::allocation::{self, Demand};
+use super::chain;
 use super::limits::DEMAND_TOTAL_MAX;
 use super::types::{
     Allocation, Command, Entry, EntryKind, NewOffering, Offering, OfferingStatus, Position,
@@ -487,11 +488,16 @@ impl Batch {
             offering_demand_after: self.head.demanded_units,
             terms_before: None,
             terms_after: None,
+            entry_hash: chain::GENESIS,
         }
     }
 
-    fn push(&mut self, entry: Entry) -> Entry {
+    /// Every appended entry passes here, complete: it is linked to the chain, and the head
+    /// keeps its hash for the next one.
+    fn push(&mut self, mut entry: Entry) -> Entry {
         debug_assert!((0..=self.head.max_units).contains(&self.head.subscribed_units));
+        debug_assert_eq!(entry.sequence, self.head.version, "entries append in order");
+        self.head.last_hash = chain::link(&self.head.last_hash, &mut entry);
         self.recorded
             .insert(entry.request_id.clone(), entry.clone());
         self.appended.push(entry.clone());
@@ -797,7 +803,7 @@ pub fn check_create(
 impl NewOffering {
     /// The head and first history entry of a new offering; the entry records its terms.
     pub fn first_rows(&self, now: Timestamp) -> (Offering, Entry) {
-        let head = Offering {
+        let mut head = Offering {
             offering_id: self.offering_id.clone(),
             name: self.name.clone(),
             max_units: self.max_units,
@@ -815,8 +821,9 @@ impl NewOffering {
             min_units_per_investor: self.min_units_per_investor,
             max_total_demand: self.max_total_demand,
             demanded_units: 0,
+            last_hash: chain::GENESIS,
         };
-        let entry = Entry {
+        let mut entry = Entry {
             offering_id: self.offering_id.clone(),
             sequence: 1,
             kind: EntryKind::OfferingCreated,
@@ -834,7 +841,9 @@ impl NewOffering {
             offering_demand_after: 0,
             terms_before: None,
             terms_after: Some(head.terms()),
+            entry_hash: chain::GENESIS,
         };
+        head.last_hash = chain::link(&chain::GENESIS, &mut entry);
         (head, entry)
     }
 }
