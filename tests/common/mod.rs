@@ -184,6 +184,33 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs several SQL statements in order on ONE connection, bypassing subledger: what a
+    /// session setting (SET session_replication_role) or a trigger disabled for the session must
+    /// be followed by. Stops at the first that fails.
+    pub async fn execute_sql_on_one_connection(&self, statements: &[&str]) -> Result<(), String> {
+        // The same loop for each backend's connection type.
+        macro_rules! run {
+            ($connection:ty) => {{
+                let mut connection = <$connection>::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for sql in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                        .execute(&mut connection)
+                        .await
+                        .map_err(|e| format!("{sql}: {e}"))?;
+                }
+                Ok(())
+            }};
+        }
+        match self.backend {
+            Backend::Postgres => run!(sqlx::PgConnection),
+            Backend::Sqlite => run!(sqlx::SqliteConnection),
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(name) = self.postgres_database.take() else {
