@@ -205,71 +205,60 @@ async fn a_client_recomputes_the_chain_from_list_history(db: TestDb) {
         .unwrap();
     let mut previous = [0u8; 32];
     for entry in common::full_history(&mut client, "deal").await {
-        let hash = recompute(&previous, &entry);
+        let hash = common::recompute_entry_hash(&previous, &entry);
         assert_eq!(entry.entry_hash, hash, "sequence {}", entry.sequence);
         previous = hash;
     }
 }
 
-/// docs/hash-chain.md, written again from the document alone, against the protobuf message.
-fn recompute(previous: &[u8; 32], e: &proto::HistoryEntry) -> [u8; 32] {
-    use sha2::{Digest, Sha256};
-    fn str(out: &mut Vec<u8>, s: &str) {
-        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-        out.extend_from_slice(s.as_bytes());
+/// An offering whose history was loaded straight into the database after the server migrated
+/// has no hashes yet: it still reads, but nothing is appended to it (that would link to nothing)
+/// until migrate() hashes it.
+async fn an_unhashed_offering_reads_but_refuses_appends_until_migrated(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    let now = match db.backend {
+        Backend::Postgres => "now()",
+        Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
+    };
+    let head = format!(
+        "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+            investor_count, status, version, create_time, update_time) \
+         VALUES ('deal', 'loaded', 100, 0, 0, 0, 1, 1, {now}, {now})"
+    );
+    let entry = format!(
+        "INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
+            offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
+         VALUES ('deal', 1, 1, '', 0, 0, 0, 'create', 100, 0, {now}, 'loader')"
+    );
+    db.insert_unhashed_history(&[&head, &entry]).await;
+
+    let read = client
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: "deal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.version, 1);
+    let refused = client.subscribe(subscribe("deal", "alice", 1, "s1")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Internal);
+
+    db.migrate().await;
+    client
+        .subscribe(subscribe("deal", "alice", 1, "s1"))
+        .await
+        .unwrap();
+    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    let mut previous = [0u8; 32];
+    for entry in &entries {
+        previous = common::recompute_entry_hash(&previous, entry);
+        assert_eq!(entry.entry_hash, previous);
     }
-    fn micros(t: &prost_types::Timestamp) -> i64 {
-        t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
-    }
-    fn terms(out: &mut Vec<u8>, t: Option<&proto::OfferingTerms>) {
-        let Some(t) = t else { return out.push(0) };
-        out.push(1);
-        str(out, &t.name);
-        out.extend_from_slice(&t.max_units.to_be_bytes());
-        out.extend_from_slice(&t.max_units_per_investor.to_be_bytes());
-        match &t.close_time {
-            None => out.push(0),
-            Some(close) => {
-                out.push(1);
-                out.extend_from_slice(&micros(close).to_be_bytes());
-            }
-        }
-    }
-    let mut out = vec![1u8];
-    str(&mut out, &e.offering_id);
-    for n in [e.sequence, i64::from(e.kind)] {
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-    str(&mut out, &e.investor_id);
-    for n in [
-        e.units_delta,
-        e.investor_units_after,
-        e.offering_units_after,
-    ] {
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-    str(&mut out, &e.request_id);
-    let record_time = micros(e.record_time.as_ref().unwrap());
-    for n in [e.requested_units, e.expected_version, record_time] {
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-    str(&mut out, &e.actor);
-    for n in [
-        e.demand_delta,
-        e.investor_demand_after,
-        e.offering_demand_after,
-    ] {
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-    terms(&mut out, e.terms_before.as_ref());
-    terms(&mut out, e.terms_after.as_ref());
-    let mut hasher = Sha256::new();
-    hasher.update(previous);
-    hasher.update(&out);
-    hasher.finalize().into()
 }
 
 backend_tests!(
+    an_unhashed_offering_reads_but_refuses_appends_until_migrated,
     rewritten_units_are_found_at_their_sequence,
     a_deleted_and_renumbered_entry_is_found,
     the_chain_holds_across_replicas_and_batches,

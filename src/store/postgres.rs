@@ -217,6 +217,9 @@ impl PgStore {
         .bind(&offering_ids)
         .fetch_all(&mut **tx)
         .await?;
+        for row in &rows {
+            row.head.require_chained()?;
+        }
         let now = rows.iter().map(|row| row.db_now).max();
         let heads = into_offerings(rows.into_iter().map(|row| row.head).collect())?;
         Ok((heads, now.map(|now| now.trunc_subsecs(6))))

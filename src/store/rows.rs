@@ -40,6 +40,21 @@ pub struct HeadRow {
     last_hash: Option<Vec<u8>>,
 }
 
+impl HeadRow {
+    /// Appending to an offering whose history is not hashed would link to nothing: writers
+    /// refuse it (migrate() hashes every offering before a server serves; only rows loaded
+    /// straight into the database since then can lack it, until the next migrate).
+    pub fn require_chained(&self) -> Result<(), StoreError> {
+        match self.last_hash {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Corrupt(format!(
+                "offering {:?} has no last_hash: its history is not hashed yet (run subledger migrate)",
+                self.offering_id
+            ))),
+        }
+    }
+}
+
 impl TryFrom<HeadRow> for Offering {
     type Error = StoreError;
 
@@ -51,18 +66,13 @@ impl TryFrom<HeadRow> for Offering {
             .ok_or_else(|| corrupt("status", row.status))?;
         let allocation = Allocation::from_code(row.allocation.into())
             .ok_or_else(|| corrupt("allocation", row.allocation))?;
-        // Appending to an offering whose chain is not backfilled would link to nothing: refuse
-        // (migrate() backfills every offering before a server serves, so this is a broken store).
+        // NULL reads as zeros: the offering still shows in reads (e.g. rows loaded straight into
+        // the database since migrate() ran); a writer refuses it first (`require_chained`).
         let last_hash = hash(
             row.last_hash,
             &format!("offering {:?} last_hash", row.offering_id),
         )?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "offering {:?} has no last_hash: recorded before the hash chain and not backfilled",
-                row.offering_id
-            ))
-        })?;
+        .unwrap_or_default();
         Ok(Offering {
             offering_id: row.offering_id,
             name: row.name,

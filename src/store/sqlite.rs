@@ -289,7 +289,15 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         offering_id: &str,
     ) -> Result<Option<Offering>, StoreError> {
-        let row: Option<HeadRow> = sqlx::query_as(concat!(
+        let row = Self::select_head_row(tx, offering_id).await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    async fn select_head_row(
+        tx: &mut Transaction<'static, Sqlite>,
+        offering_id: &str,
+    ) -> Result<Option<HeadRow>, StoreError> {
+        let row = sqlx::query_as(concat!(
             "SELECT ",
             head_columns!(),
             " FROM offering_head WHERE offering_id = ?1"
@@ -297,7 +305,7 @@ impl SqliteStore {
         .bind(offering_id)
         .fetch_optional(&mut **tx)
         .await?;
-        row.map(Offering::try_from).transpose()
+        Ok(row)
     }
 
     fn announce(&self, offering_id: &str, version: i64) {
@@ -369,10 +377,11 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (mut heads, mut positions, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
         for item in work {
-            let Some(head) = Self::select_head(&mut tx, &item.offering_id).await? else {
+            let Some(head) = Self::select_head_row(&mut tx, &item.offering_id).await? else {
                 continue;
             };
-            heads.push(head);
+            head.require_chained()?;
+            heads.push(head.try_into()?);
             let (item_positions, item_recorded) = Self::load_batch_inputs(&mut tx, item).await?;
             positions.extend(item_positions);
             recorded.extend(item_recorded);

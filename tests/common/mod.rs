@@ -217,6 +217,12 @@ impl TestDb {
     /// NULL entry_hash lifted on this connection's transaction only), then hashes them as an
     /// upgrade does, by running subledger's migrate() on the database.
     pub async fn insert_history_before_the_chain(&self, statements: &[&str]) {
+        self.insert_unhashed_history(statements).await;
+        self.migrate().await;
+    }
+
+    /// The rows of [`TestDb::insert_history_before_the_chain`], left unhashed.
+    pub async fn insert_unhashed_history(&self, statements: &[&str]) {
         let (lift, restore) = match self.backend {
             Backend::Postgres => (
                 "ALTER TABLE history_entry DROP CONSTRAINT history_entry_hashed",
@@ -238,6 +244,11 @@ impl TestDb {
             .chain([restore, "COMMIT"])
             .collect();
         self.execute_sql_on_one_connection(&all).await.unwrap();
+    }
+
+    /// What `subledger migrate` does, on this database: pending migrations, then hashing any
+    /// history that lacks its hash.
+    pub async fn migrate(&self) {
         match self.backend {
             Backend::Postgres => drop(subledger::cli::open_postgres(&self.url, 1).await.unwrap()),
             Backend::Sqlite => drop(
