@@ -920,6 +920,25 @@ mod tests {
     }
 
     #[test]
+    fn appended_entries_chain_on_from_the_head_and_the_head_keeps_the_last_hash() {
+        let start = head(10, 0);
+        let created = start.last_hash;
+        assert_ne!(created, chain::GENESIS, "the creation entry is hashed too");
+        let mut batch = Batch::new(start, vec![], false, vec![], chrono::Utc::now());
+        let a = batch.apply(&request("a", subscribe("alice", 1))).unwrap();
+        let b = batch.apply(&request("b", subscribe("bob", 1))).unwrap();
+        let replay = batch.apply(&request("a", subscribe("alice", 1))).unwrap();
+        assert_eq!(a.entry.entry_hash, chain::entry_hash(&created, &a.entry));
+        assert_eq!(
+            b.entry.entry_hash,
+            chain::entry_hash(&a.entry.entry_hash, &b.entry)
+        );
+        assert_eq!(replay.entry.entry_hash, a.entry.entry_hash);
+        let writes = batch.into_writes();
+        assert_eq!(writes.head.last_hash, b.entry.entry_hash);
+    }
+
+    #[test]
     fn a_request_id_repeated_in_one_batch_is_a_replay() {
         let mut batch = Batch::new(head(10, 0), vec![], false, vec![], chrono::Utc::now());
         let first = batch.apply(&request("a", subscribe("alice", 2))).unwrap();
