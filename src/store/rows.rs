@@ -68,10 +68,9 @@ impl TryFrom<HeadRow> for Offering {
             .ok_or_else(|| corrupt("allocation", row.allocation))?;
         // NULL reads as zeros: the offering still shows in reads (e.g. rows loaded straight into
         // the database since migrate() ran); a writer refuses it first (`require_chained`).
-        let last_hash = hash(
-            row.last_hash,
-            &format!("offering {:?} last_hash", row.offering_id),
-        )?
+        let last_hash = hash(row.last_hash, || {
+            format!("offering {:?} last_hash", row.offering_id)
+        })?
         .unwrap_or_default();
         Ok(Offering {
             offering_id: row.offering_id,
@@ -169,11 +168,15 @@ pub struct EntryRow {
 }
 
 /// A stored hash: NULL stays None, 32 bytes are a hash, any other length is corrupt.
-fn hash(value: Option<Vec<u8>>, what: &str) -> Result<Option<[u8; 32]>, StoreError> {
+/// `what` names the value in that error (a closure: no string is made for every row read).
+fn hash(
+    value: Option<Vec<u8>>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<[u8; 32]>, StoreError> {
     value
         .map(|bytes| {
             <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                StoreError::Corrupt(format!("{what} is {} bytes, not 32", bytes.len()))
+                StoreError::Corrupt(format!("{} is {} bytes, not 32", what(), bytes.len()))
             })
         })
         .transpose()
@@ -237,10 +240,9 @@ impl EntryRow {
             row.before_max_units_per_investor,
             row.before_close_time,
         );
-        let entry_hash = hash(
-            row.entry_hash,
-            &format!("entry {:?}#{} entry_hash", row.offering_id, row.sequence),
-        )?;
+        let entry_hash = hash(row.entry_hash, || {
+            format!("entry {:?}#{} entry_hash", row.offering_id, row.sequence)
+        })?;
         let entry = Entry {
             offering_id: row.offering_id,
             sequence: row.sequence,
