@@ -2,9 +2,16 @@
 -- entry each, demand 1 to 100 units, oversubscribed about five times), consistent with its head
 -- and positions so that VerifyOffering passes: for timing AllocateOffering at scale.
 -- usage: psql "$DATABASE_URL" -v offering=big -v investors=100000 -f bench/grow_demand.sql
--- (on a database subledger has migrated; the offering must not exist yet)
+-- (on a database subledger has migrated; the offering must not exist yet), then
+-- `subledger migrate --database-url "$DATABASE_URL"` to hash it
 \set ON_ERROR_STOP on
 BEGIN;
+-- The rows are written without entry_hash, as history recorded before the hash chain: its CHECK
+-- is dropped for this transaction only and added back (NOT VALID: new rows only) before COMMIT.
+-- The head's last_hash stays NULL, so the next `subledger migrate` (serve runs it too) hashes
+-- this history, with the server's own code (docs/hash-chain.md). Until then subledger refuses
+-- to append to the offering.
+ALTER TABLE history_entry DROP CONSTRAINT history_entry_hashed;
 CREATE TEMP TABLE demand AS
 SELECT i, 'investor-' || i AS investor_id, 1 + (i * 7919) % 100 AS units,
        sum(1 + (i * 7919) % 100) OVER (ORDER BY i) AS running
@@ -29,6 +36,7 @@ INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta
 VALUES (:'offering', :investors + 2, 4, '', 0, 0, 0, 'grow-close', 0, 0, now(), 'grower', :total);
 INSERT INTO investor_position (offering_id, investor_id, units, update_time, demanded_units, first_sequence)
 SELECT :'offering', investor_id, 0, now(), units, i + 1 FROM demand;
+ALTER TABLE history_entry ADD CONSTRAINT history_entry_hashed CHECK (entry_hash IS NOT NULL) NOT VALID;
 COMMIT;
 ANALYZE history_entry;
 ANALYZE investor_position;

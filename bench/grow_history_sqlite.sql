@@ -3,9 +3,15 @@
 -- and positions, so that VerifyOffering passes.
 -- usage: sqlite3 data/subledger.db -cmd ".parameter set :offering grown-10m" \
 --          -cmd ".parameter set :entries 10000000" < bench/grow_history_sqlite.sql
--- (on a file subledger has migrated; the offering must not exist yet)
+-- (on a file subledger has migrated; the offering must not exist yet), then
+-- `subledger migrate --database-url sqlite://data/subledger.db` to hash it
 .bail on
 BEGIN IMMEDIATE;
+-- The rows are written without entry_hash, as history recorded before the hash chain: the trigger
+-- that refuses that is dropped for this transaction only and created again before COMMIT. The
+-- head's last_hash stays NULL, so the next `subledger migrate` (serve runs it too) hashes this
+-- history, with the server's own code (docs/hash-chain.md).
+DROP TRIGGER history_entry_hashed;
 INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units,
                            investor_count, status, version, create_time, update_time)
 VALUES (:offering, 'history growth ' || :offering, 1000000000000000, 0, :entries - 1,
@@ -25,5 +31,9 @@ WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n < MIN(999
 INSERT INTO investor_position (offering_id, investor_id, units, update_time)
 SELECT :offering, 'investor-' || n, (:entries - 2 - n) / 1000 + 1, strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')
 FROM i;
+CREATE TRIGGER history_entry_hashed
+    BEFORE INSERT ON history_entry
+    WHEN NEW.entry_hash IS NULL
+    BEGIN SELECT RAISE(ABORT, 'history_entry.entry_hash is required'); END;
 COMMIT;
 ANALYZE;

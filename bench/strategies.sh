@@ -196,6 +196,9 @@ measure() {
       else
         # subledger bench's spread scenario subscribes 1-10 units, not 1: its only spread mode.
         psql_quiet "$db_url" -v count="$offerings" -v cap="$sellout_cap" -f "$here/subledger_offerings.sql"
+        # The offerings were written without their hash chain: migrate hashes it (the running
+        # server reads each head afresh, so it appends to them from then on).
+        "$bin" migrate --database-url "$db_url" 2>>"$work/server.log"
         local ids=(); for i in $(seq 1 "$offerings"); do ids+=(--offering "strategy-$i"); done
         run_queue_bench --scenario spread "${ids[@]}" --concurrency "$clients" --duration "$sellout_secs"
       fi

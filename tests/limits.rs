@@ -164,28 +164,25 @@ async fn grow_offering(db: &TestDb, offering_id: &str, entries: i64) {
         common::Backend::Postgres => "now()",
         common::Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
     };
-    db.execute_sql(&format!(
+    let head = format!(
         "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
             investor_count, status, version, create_time, update_time) \
          VALUES ('{offering_id}', 'grown', {entries}, 0, {entries} - 1, 1, 1, {entries}, {now}, {now})"
-    ))
-    .await
-    .unwrap();
-    db.execute_sql(&format!(
+    );
+    let history = format!(
         "INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
             offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
          SELECT '{offering_id}', 1, 1, '', 0, 0, 0, 'grow-create', {entries}, 0, {now}, 'grower' \
          UNION ALL \
          SELECT '{offering_id}', n, 2, 'whale', 1, n - 1, n - 1, 'grow-' || n, 1, 0, {now}, 'grower' FROM ({series}) AS s"
-    ))
-    .await
-    .unwrap();
-    db.execute_sql(&format!(
+    );
+    let position = format!(
         "INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
          VALUES ('{offering_id}', 'whale', {entries} - 1, {now})"
-    ))
-    .await
-    .unwrap();
+    );
+    // Hashed afterwards by migrate(), as history recorded before the chain is.
+    db.insert_history_before_the_chain(&[&head, &history, &position])
+        .await;
 }
 
 /// More VerifyOffering calls than are admitted: the surplus is refused by name, the rest pass,

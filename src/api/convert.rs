@@ -109,6 +109,9 @@ pub fn entry(entry: Entry) -> proto::HistoryEntry {
         offering_demand_after: entry.offering_demand_after,
         terms_before: entry.terms_before.map(terms),
         terms_after: entry.terms_after.map(terms),
+        entry_hash: entry.entry_hash.to_vec(),
+        requested_units: entry.requested_units,
+        expected_version: entry.expected_version,
     }
 }
 

@@ -191,7 +191,7 @@ impl ApiError {
             },
             Self::Store(error) => match error.as_ref() {
                 StoreError::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", vec![]),
-                StoreError::Database(_) | StoreError::Corrupt(_) => {
+                StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => {
                     (Code::Internal, "INTERNAL", vec![])
                 }
             },

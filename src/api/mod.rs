@@ -609,6 +609,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                 ok: report.problems.is_empty(),
                 entries_checked: report.entries_checked,
                 problems: report.problems,
+                first_bad_sequence: report.first_bad_sequence,
             })
         })
         .await

@@ -3,6 +3,7 @@
 //! positions a batch touches, and write back exactly what it returns.
 
 pub mod allocation;
+pub mod chain;
 mod rules;
 mod types;
 pub mod verify;

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::allocation::{self, Demand};
+use super::chain;
 use super::limits::DEMAND_TOTAL_MAX;
 use super::types::{
     Allocation, Command, Entry, EntryKind, NewOffering, Offering, OfferingStatus, Position,
@@ -487,11 +488,16 @@ impl Batch {
             offering_demand_after: self.head.demanded_units,
             terms_before: None,
             terms_after: None,
+            entry_hash: chain::GENESIS,
         }
     }
 
-    fn push(&mut self, entry: Entry) -> Entry {
+    /// Every appended entry passes here, complete: it is linked to the chain, and the head
+    /// keeps its hash for the next one.
+    fn push(&mut self, mut entry: Entry) -> Entry {
         debug_assert!((0..=self.head.max_units).contains(&self.head.subscribed_units));
+        debug_assert_eq!(entry.sequence, self.head.version, "entries append in order");
+        self.head.last_hash = chain::link(&self.head.last_hash, &mut entry);
         self.recorded
             .insert(entry.request_id.clone(), entry.clone());
         self.appended.push(entry.clone());
@@ -797,7 +803,7 @@ pub fn check_create(
 impl NewOffering {
     /// The head and first history entry of a new offering; the entry records its terms.
     pub fn first_rows(&self, now: Timestamp) -> (Offering, Entry) {
-        let head = Offering {
+        let mut head = Offering {
             offering_id: self.offering_id.clone(),
             name: self.name.clone(),
             max_units: self.max_units,
@@ -815,8 +821,9 @@ impl NewOffering {
             min_units_per_investor: self.min_units_per_investor,
             max_total_demand: self.max_total_demand,
             demanded_units: 0,
+            last_hash: chain::GENESIS,
         };
-        let entry = Entry {
+        let mut entry = Entry {
             offering_id: self.offering_id.clone(),
             sequence: 1,
             kind: EntryKind::OfferingCreated,
@@ -834,7 +841,9 @@ impl NewOffering {
             offering_demand_after: 0,
             terms_before: None,
             terms_after: Some(head.terms()),
+            entry_hash: chain::GENESIS,
         };
+        head.last_hash = chain::link(&chain::GENESIS, &mut entry);
         (head, entry)
     }
 }
@@ -908,6 +917,25 @@ mod tests {
             ),
             (10, 3, 2)
         );
+    }
+
+    #[test]
+    fn appended_entries_chain_on_from_the_head_and_the_head_keeps_the_last_hash() {
+        let start = head(10, 0);
+        let created = start.last_hash;
+        assert_ne!(created, chain::GENESIS, "the creation entry is hashed too");
+        let mut batch = Batch::new(start, vec![], false, vec![], chrono::Utc::now());
+        let a = batch.apply(&request("a", subscribe("alice", 1))).unwrap();
+        let b = batch.apply(&request("b", subscribe("bob", 1))).unwrap();
+        let replay = batch.apply(&request("a", subscribe("alice", 1))).unwrap();
+        assert_eq!(a.entry.entry_hash, chain::entry_hash(&created, &a.entry));
+        assert_eq!(
+            b.entry.entry_hash,
+            chain::entry_hash(&a.entry.entry_hash, &b.entry)
+        );
+        assert_eq!(replay.entry.entry_hash, a.entry.entry_hash);
+        let writes = batch.into_writes();
+        assert_eq!(writes.head.last_hash, b.entry.entry_hash);
     }
 
     #[test]

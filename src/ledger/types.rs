@@ -124,6 +124,9 @@ pub struct Offering {
     pub max_total_demand: i64,
     /// PRO_RATA: total demand; FIRST_COME: 0.
     pub demanded_units: i64,
+    /// The entry_hash of the latest history entry (see `chain`): the next append links to it
+    /// without reading that entry.
+    pub last_hash: [u8; 32],
 }
 
 impl Offering {
@@ -204,6 +207,9 @@ pub struct Entry {
     pub terms_before: Option<Terms>,
     /// The terms an OFFERING_CREATED or OFFERING_AMENDED entry put in force.
     pub terms_after: Option<Terms>,
+    /// SHA-256 of the previous entry's hash and this entry's canonical encoding (see `chain`),
+    /// set when the entry is appended.
+    pub entry_hash: [u8; 32],
 }
 
 /// CreateOffering, validated.

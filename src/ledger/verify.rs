@@ -5,10 +5,15 @@
 //! Every rule is checked against the terms in force at each entry: the creation entry records
 //! the first terms, each OFFERING_AMENDED entry the terms before and after it. A pro-rata
 //! allocation is recomputed from the demands it was made from and compared, entry by entry.
+//!
+//! The hash chain is recomputed too (see `chain`): the first entry whose stored hash differs
+//! from the recomputed one is where the stored history was changed, removed or renumbered, even
+//! when every total was made to agree again.
 
 use std::collections::HashMap;
 
 use super::allocation::{self, Demand};
+use super::chain::{self, Hash};
 use super::limits::DEMAND_TOTAL_MAX;
 use super::types::{Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms};
 
@@ -39,12 +44,18 @@ pub struct Verifier {
     by_investor: HashMap<String, Held>,
     /// The allocations the rule gives, computed at the first ALLOCATED entry.
     expected_allocations: Option<HashMap<String, i64>>,
+    /// The recomputed hash of the last entry fed (GENESIS before the first).
+    chain_hash: Hash,
+    /// The first sequence whose stored hash is not the recomputed one; 0 while none is.
+    first_bad_sequence: i64,
     problems: Vec<String>,
 }
 
 pub struct Report {
     pub entries_checked: i64,
     pub problems: Vec<String>,
+    /// The first sequence whose stored entry_hash differs from the recomputed chain; 0 = none.
+    pub first_bad_sequence: i64,
 }
 
 impl Verifier {
@@ -67,6 +78,8 @@ impl Verifier {
             offering_demand: 0,
             by_investor: HashMap::new(),
             expected_allocations: None,
+            chain_hash: chain::GENESIS,
+            first_bad_sequence: 0,
             problems: Vec::new(),
         }
     }
@@ -88,6 +101,7 @@ impl Verifier {
             ));
         }
         self.last_sequence = seq;
+        self.check_chain(entry);
         self.check_status(entry);
         self.check_terms(entry);
         self.check_deltas(entry);
@@ -120,6 +134,22 @@ impl Verifier {
         }
         if !entry.investor_id.is_empty() {
             self.check_investor(entry);
+        }
+    }
+
+    /// Recomputes the entry's hash from the recomputed chain so far, not from the stored hash of
+    /// the entry before: past the first break every stored hash differs, and only the first is
+    /// reported (where the history was touched).
+    fn check_chain(&mut self, entry: &Entry) {
+        self.chain_hash = chain::entry_hash(&self.chain_hash, entry);
+        if entry.entry_hash != self.chain_hash && self.first_bad_sequence == 0 {
+            self.first_bad_sequence = entry.sequence;
+            self.problem(format!(
+                "sequence {}: entry_hash {} but the chain gives {}: the history was changed here",
+                entry.sequence,
+                chain::hex(&entry.entry_hash),
+                chain::hex(&self.chain_hash)
+            ));
         }
     }
 
@@ -313,6 +343,13 @@ impl Verifier {
                 ));
             }
         }
+        if head.last_hash != self.chain_hash {
+            self.problem(format!(
+                "head last_hash {} but the chain of the history ends in {}",
+                chain::hex(&head.last_hash),
+                chain::hex(&self.chain_hash)
+            ));
+        }
         if Some(head.status) != self.status {
             self.problem(format!(
                 "head status {:?} but the history says {:?}",
@@ -364,6 +401,7 @@ impl Verifier {
         Report {
             entries_checked: self.entries_checked,
             problems: self.problems,
+            first_bad_sequence: self.first_bad_sequence,
         }
     }
 }

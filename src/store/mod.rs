@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A stored value no migration writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// A migration failed (only ever from `migrate()`, before a server serves).
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -63,7 +66,7 @@ impl StoreError {
                 .code()
                 .is_some_and(|code| is_refusal_of_one_transaction(&code)),
             Self::Unavailable(_) => false,
-            Self::Database(_) | Self::Corrupt(_) => true,
+            Self::Database(_) | Self::Corrupt(_) | Self::Migrate(_) => true,
         }
     }
 }
@@ -91,6 +94,10 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
         None => false,
     }
 }
+
+/// Entries the backfill of the hash chain reads, hashes and writes back at a time: bounds its
+/// memory whatever an offering's length, while a page still costs few round trips.
+pub(crate) const BACKFILL_PAGE_ENTRIES: i64 = 10_000;
 
 /// The time recorded for a write: microsecond precision, which both databases store exactly,
 /// so what a reply says and what a later read returns are equal.

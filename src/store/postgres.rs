@@ -84,10 +84,100 @@ impl PgStore {
         })
     }
 
-    /// Applies pending migrations. Safe when several replicas start at once: sqlx takes an
-    /// advisory lock around them.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
-        MIGRATOR.run(&self.pool).await
+    /// Applies pending migrations, then hashes the history of every offering recorded before
+    /// the hash chain, so that no entry is left unhashed once a server serves. Safe when several
+    /// replicas start at once: sqlx takes an advisory lock around the migrations, and each
+    /// offering is backfilled under its head lock by whichever replica gets it first.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        let unchained: Vec<String> = sqlx::query_scalar(
+            "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for offering_id in &unchained {
+            self.backfill_chain(offering_id).await?;
+        }
+        if !unchained.is_empty() {
+            tracing::info!(
+                offerings = unchained.len(),
+                "hashed the history recorded before the hash chain"
+            );
+        }
+        Ok(())
+    }
+
+    /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,
+    /// read the entries in sequence order a page at a time, write each entry_hash, then the
+    /// head's last_hash.
+    ///
+    /// history_entry's append-only trigger refuses the UPDATE, so it is disabled and enabled
+    /// again inside this transaction. ALTER TABLE ... DISABLE TRIGGER is transactional DDL that
+    /// takes an ACCESS EXCLUSIVE lock on history_entry until COMMIT: no other session can read or
+    /// write the table meanwhile, so none ever sees the trigger disabled, and a failure anywhere
+    /// rolls the disabling back with the rest.
+    async fn backfill_chain(&self, offering_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The head first, as every writer locks it (then history_entry): no lock-order deadlock.
+        let unchained: Option<bool> = sqlx::query_scalar(
+            "SELECT last_hash IS NULL FROM offering_head WHERE offering_id = $1 FOR UPDATE",
+        )
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unchained != Some(true) {
+            // Another replica backfilled it meanwhile.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        sqlx::query("ALTER TABLE history_entry DISABLE TRIGGER history_entry_no_update_delete")
+            .execute(&mut *tx)
+            .await?;
+        let (mut previous, mut after_sequence) = (ledger::chain::GENESIS, 0);
+        loop {
+            let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+            ))
+            .bind(offering_id)
+            .bind(after_sequence)
+            .bind(super::BACKFILL_PAGE_ENTRIES)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after_sequence = last.sequence();
+            let mut entries = rows
+                .into_iter()
+                .map(|row| row.into_entry().map(|(entry, _)| entry))
+                .collect::<Result<Vec<_>, _>>()?;
+            previous = ledger::chain::link_all(previous, &mut entries);
+            sqlx::query(
+                "UPDATE history_entry AS h SET entry_hash = v.entry_hash \
+                 FROM UNNEST($2::bigint[], $3::bytea[]) AS v (sequence, entry_hash) \
+                 WHERE h.offering_id = $1 AND h.sequence = v.sequence",
+            )
+            .bind(offering_id)
+            .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.entry_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("ALTER TABLE history_entry ENABLE TRIGGER history_entry_no_update_delete")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE offering_head SET last_hash = $2 WHERE offering_id = $1")
+            .bind(offering_id)
+            .bind(previous.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Lock order: the head row first, always (the only row lock any transaction takes
@@ -127,6 +217,9 @@ impl PgStore {
         .bind(&offering_ids)
         .fetch_all(&mut **tx)
         .await?;
+        for row in &rows {
+            row.head.require_chained()?;
+        }
         let now = rows.iter().map(|row| row.db_now).max();
         let heads = into_offerings(rows.into_iter().map(|row| row.head).collect())?;
         Ok((heads, now.map(|now| now.trunc_subsecs(6))))
@@ -288,25 +381,25 @@ impl PgStore {
             ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
                     $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], \
                     $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], $18::bigint[], \
-                    $19::timestamptz[], $20::text[], $21::bigint[], $22::bigint[], $23::timestamptz[]) \
+                    $19::timestamptz[], $20::text[], $21::bigint[], $22::bigint[], $23::timestamptz[], $24::bytea[]) \
                 ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
              ), positions AS ( \
                 INSERT INTO investor_position (",
             position_columns!(),
-            ") SELECT * FROM UNNEST($24::text[], $25::text[], $26::bigint[], $27::timestamptz[], $28::bigint[], $29::bigint[]) \
+            ") SELECT * FROM UNNEST($25::text[], $26::text[], $27::bigint[], $28::timestamptz[], $29::bigint[], $30::bigint[]) \
                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, \
                     update_time = EXCLUDED.update_time, demanded_units = EXCLUDED.demanded_units \
              ) \
              UPDATE offering_head AS h SET subscribed_units = v.subscribed_units, investor_count = v.investor_count, \
                 status = v.status, version = v.version, update_time = v.update_time, demanded_units = v.demanded_units, \
                 name = v.name, max_units = v.max_units, max_units_per_investor = v.max_units_per_investor, \
-                close_time = v.close_time \
-             FROM UNNEST($30::text[], $31::bigint[], $32::bigint[], $33::smallint[], $34::bigint[], $35::timestamptz[], \
-                $36::bigint[], $37::text[], $38::bigint[], $39::bigint[], $40::timestamptz[]) \
+                close_time = v.close_time, last_hash = v.last_hash \
+             FROM UNNEST($31::text[], $32::bigint[], $33::bigint[], $34::smallint[], $35::bigint[], $36::timestamptz[], \
+                $37::bigint[], $38::text[], $39::bigint[], $40::bigint[], $41::timestamptz[], $42::bytea[]) \
                 AS v (offering_id, subscribed_units, investor_count, status, version, update_time, demanded_units, \
-                    name, max_units, max_units_per_investor, close_time) \
+                    name, max_units, max_units_per_investor, close_time, last_hash) \
              WHERE h.offering_id = v.offering_id \
-             RETURNING (SELECT count(*) FROM appended), pg_notify($41, v.version::text || ':' || v.offering_id)"
+             RETURNING (SELECT count(*) FROM appended), pg_notify($43, v.version::text || ':' || v.offering_id)"
         ))
         .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
         .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
@@ -331,6 +424,7 @@ impl PgStore {
         .bind(caps(false))
         .bind(investor_caps(false))
         .bind(closes(false))
+        .bind(entries.iter().map(|e| e.entry_hash.as_slice()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.offering_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
         .bind(positions.iter().map(|p| p.units).collect::<Vec<_>>())
@@ -348,6 +442,7 @@ impl PgStore {
         .bind(heads.iter().map(|h| h.max_units).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.max_units_per_investor).collect::<Vec<_>>())
         .bind(heads.iter().map(|h| h.close_time).collect::<Vec<_>>())
+        .bind(heads.iter().map(|h| h.last_hash.as_slice()).collect::<Vec<_>>())
         .bind(CHANGE_CHANNEL)
         .fetch_all(&mut **tx)
         .await?;
@@ -373,13 +468,13 @@ impl Store for PgStore {
             "WITH head AS ( \
                 INSERT INTO offering_head (",
             head_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                 ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
              ) \
              INSERT INTO history_entry (",
             entry_columns!(),
-            ") SELECT $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, \
-                $36, $37, $38, $39, $40 FROM head"
+            ") SELECT $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, \
+                $37, $38, $39, $40, $41, $42 FROM head"
         ));
         let inserted = bind_entry(bind_head(inserted, &head), &entry)
             .execute(&mut *tx)

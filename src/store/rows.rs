@@ -12,7 +12,7 @@ macro_rules! head_columns {
     () => {
         "offering_id, name, max_units, max_units_per_investor, subscribed_units, investor_count, status, version, \
          create_time, update_time, allocation, open_time, close_time, lot_units, min_units_per_investor, \
-         max_total_demand, demanded_units"
+         max_total_demand, demanded_units, last_hash"
     };
 }
 pub(crate) use head_columns;
@@ -36,6 +36,23 @@ pub struct HeadRow {
     min_units_per_investor: i64,
     max_total_demand: i64,
     demanded_units: i64,
+    /// NULL only for an offering recorded before the chain and not yet backfilled.
+    last_hash: Option<Vec<u8>>,
+}
+
+impl HeadRow {
+    /// Appending to an offering whose history is not hashed would link to nothing: writers
+    /// refuse it (migrate() hashes every offering before a server serves; only rows loaded
+    /// straight into the database since then can lack it, until the next migrate).
+    pub fn require_chained(&self) -> Result<(), StoreError> {
+        match self.last_hash {
+            Some(_) => Ok(()),
+            None => Err(StoreError::Corrupt(format!(
+                "offering {:?} has no last_hash: its history is not hashed yet (run subledger migrate)",
+                self.offering_id
+            ))),
+        }
+    }
 }
 
 impl TryFrom<HeadRow> for Offering {
@@ -49,6 +66,12 @@ impl TryFrom<HeadRow> for Offering {
             .ok_or_else(|| corrupt("status", row.status))?;
         let allocation = Allocation::from_code(row.allocation.into())
             .ok_or_else(|| corrupt("allocation", row.allocation))?;
+        // NULL reads as zeros: the offering still shows in reads (e.g. rows loaded straight into
+        // the database since migrate() ran); a writer refuses it first (`require_chained`).
+        let last_hash = hash(row.last_hash, || {
+            format!("offering {:?} last_hash", row.offering_id)
+        })?
+        .unwrap_or_default();
         Ok(Offering {
             offering_id: row.offering_id,
             name: row.name,
@@ -67,6 +90,7 @@ impl TryFrom<HeadRow> for Offering {
             min_units_per_investor: row.min_units_per_investor,
             max_total_demand: row.max_total_demand,
             demanded_units: row.demanded_units,
+            last_hash,
         })
     }
 }
@@ -109,7 +133,7 @@ macro_rules! entry_columns {
          request_id, requested_units, expected_version, record_time, actor, demand_delta, \
          investor_demand_after, offering_demand_after, before_name, before_max_units, \
          before_max_units_per_investor, before_close_time, after_name, after_max_units, \
-         after_max_units_per_investor, after_close_time"
+         after_max_units_per_investor, after_close_time, entry_hash"
     };
 }
 pub(crate) use entry_columns;
@@ -139,6 +163,23 @@ pub struct EntryRow {
     after_max_units: Option<i64>,
     after_max_units_per_investor: Option<i64>,
     after_close_time: Option<Timestamp>,
+    /// NULL only for an entry recorded before the chain and not yet backfilled.
+    entry_hash: Option<Vec<u8>>,
+}
+
+/// A stored hash: NULL stays None, 32 bytes are a hash, any other length is corrupt.
+/// `what` names the value in that error (a closure: no string is made for every row read).
+fn hash(
+    value: Option<Vec<u8>>,
+    what: impl FnOnce() -> String,
+) -> Result<Option<[u8; 32]>, StoreError> {
+    value
+        .map(|bytes| {
+            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+                StoreError::Corrupt(format!("{} is {} bytes, not 32", what(), bytes.len()))
+            })
+        })
+        .transpose()
 }
 
 /// The amendable terms of a row's columns; None when the row records none.
@@ -159,7 +200,28 @@ fn terms(
 impl TryFrom<EntryRow> for Entry {
     type Error = StoreError;
 
+    /// After migrate() every entry is hashed: a NULL hash is a broken store.
     fn try_from(row: EntryRow) -> Result<Self, StoreError> {
+        let (entry, hashed) = row.into_entry()?;
+        if !hashed {
+            return Err(StoreError::Corrupt(format!(
+                "entry {:?}#{} has no entry_hash: recorded before the hash chain and not backfilled",
+                entry.offering_id, entry.sequence
+            )));
+        }
+        Ok(entry)
+    }
+}
+
+impl EntryRow {
+    pub fn sequence(&self) -> i64 {
+        self.sequence
+    }
+
+    /// The entry, and whether its hash was stored (when not, entry_hash holds zeros): the
+    /// backfill reads entries recorded before the chain this way.
+    pub fn into_entry(self) -> Result<(Entry, bool), StoreError> {
+        let row = self;
         let kind = EntryKind::from_code(row.kind.into()).ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "entry {:?}#{} has kind {}",
@@ -178,7 +240,10 @@ impl TryFrom<EntryRow> for Entry {
             row.before_max_units_per_investor,
             row.before_close_time,
         );
-        Ok(Entry {
+        let entry_hash = hash(row.entry_hash, || {
+            format!("entry {:?}#{} entry_hash", row.offering_id, row.sequence)
+        })?;
+        let entry = Entry {
             offering_id: row.offering_id,
             sequence: row.sequence,
             kind,
@@ -196,7 +261,9 @@ impl TryFrom<EntryRow> for Entry {
             offering_demand_after: row.offering_demand_after,
             terms_before: before,
             terms_after: after,
-        })
+            entry_hash: entry_hash.unwrap_or_default(),
+        };
+        Ok((entry, entry_hash.is_some()))
     }
 }
 
@@ -220,6 +287,7 @@ where
     i16: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
     Timestamp: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
     Option<Timestamp>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
+    Vec<u8>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
 {
     query
         .bind(head.offering_id.clone())
@@ -239,6 +307,7 @@ where
         .bind(head.min_units_per_investor)
         .bind(head.max_total_demand)
         .bind(head.demanded_units)
+        .bind(head.last_hash.to_vec())
 }
 
 /// Binds every column of [`entry_columns`], in order.
@@ -252,6 +321,7 @@ where
     i16: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
     Timestamp: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
     Option<Timestamp>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
+    Vec<u8>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
 {
     let before = entry.terms_before.as_ref();
     let after = entry.terms_after.as_ref();
@@ -279,6 +349,7 @@ where
         .bind(after.map(|t| t.max_units))
         .bind(after.map(|t| t.max_units_per_investor))
         .bind(after.and_then(|t| t.close_time))
+        .bind(entry.entry_hash.to_vec())
 }
 
 /// Binds every column of [`position_columns`], in order.

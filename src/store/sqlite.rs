@@ -42,6 +42,12 @@ pub const LIST_OFFERINGS_SQL: &str = concat!(
     " FROM offering_head WHERE offering_id > ?1 ORDER BY offering_id LIMIT ?2"
 );
 
+/// history_entry's refusal of UPDATE, exactly as migrations 0001 and 0003 create it: the
+/// backfill of the hash chain drops it and creates it again in one transaction.
+const APPEND_ONLY_UPDATE_TRIGGER: &str = "CREATE TRIGGER history_entry_no_update \
+    BEFORE UPDATE ON history_entry \
+    BEGIN SELECT RAISE(ABORT, 'history_entry is append-only: UPDATE refused'); END";
+
 #[derive(Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -81,20 +87,106 @@ impl SqliteStore {
         })
     }
 
-    /// Applies pending migrations. SQLite has no advisory lock, so processes starting together on
-    /// one file take turns on an exclusive lock of a file beside it.
-    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+    /// Applies pending migrations, then hashes the history of every offering recorded before
+    /// the hash chain, so that no entry is left unhashed once a server serves. SQLite has no
+    /// advisory lock, so processes starting together on one file take turns on an exclusive
+    /// lock of a file beside it.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
         let lock_path = self.path.with_extension("migrate.lock");
-        let io_error =
-            |error: std::io::Error| sqlx::migrate::MigrateError::Execute(sqlx::Error::Io(error));
+        let io_error = |error: std::io::Error| StoreError::Database(sqlx::Error::Io(error));
         let lock_file = std::fs::File::create(&lock_path).map_err(io_error)?;
         let lock_file = tokio::task::spawn_blocking(move || lock_file.lock().map(|()| lock_file))
             .await
             .map_err(|error| io_error(std::io::Error::other(error)))?
             .map_err(io_error)?;
-        let result = MIGRATOR.run(&self.pool).await;
+        let result = self.migrate_locked().await;
         drop(lock_file);
         result
+    }
+
+    async fn migrate_locked(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        let unchained: Vec<String> = sqlx::query_scalar(
+            "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for offering_id in &unchained {
+            self.backfill_chain(offering_id).await?;
+        }
+        if !unchained.is_empty() {
+            tracing::info!(
+                offerings = unchained.len(),
+                "hashed the history recorded before the hash chain"
+            );
+        }
+        Ok(())
+    }
+
+    /// Hashes one offering's history (docs/hash-chain.md) in ONE BEGIN IMMEDIATE transaction:
+    /// read the entries in sequence order a page at a time, write each entry_hash, then the
+    /// head's last_hash.
+    ///
+    /// history_entry's append-only trigger refuses the UPDATE, so it is dropped and created
+    /// again inside this transaction. The transaction holds the database's write lock from its
+    /// BEGIN, and readers see the schema as last committed: no other connection or process ever
+    /// sees the table without its trigger, and a failure rolls the drop back with the rest.
+    async fn backfill_chain(&self, offering_id: &str) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let unchained: Option<bool> = sqlx::query_scalar(
+            "SELECT last_hash IS NULL FROM offering_head WHERE offering_id = ?1",
+        )
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unchained != Some(true) {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        sqlx::query("DROP TRIGGER history_entry_no_update")
+            .execute(&mut *tx)
+            .await?;
+        let (mut previous, mut after_sequence) = (ledger::chain::GENESIS, 0);
+        loop {
+            let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3"
+            ))
+            .bind(offering_id)
+            .bind(after_sequence)
+            .bind(super::BACKFILL_PAGE_ENTRIES)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after_sequence = last.sequence();
+            let mut entries = rows
+                .into_iter()
+                .map(|row| row.into_entry().map(|(entry, _)| entry))
+                .collect::<Result<Vec<_>, _>>()?;
+            previous = ledger::chain::link_all(previous, &mut entries);
+            for entry in &entries {
+                sqlx::query(
+                    "UPDATE history_entry SET entry_hash = ?3 WHERE offering_id = ?1 AND sequence = ?2",
+                )
+                .bind(offering_id)
+                .bind(entry.sequence)
+                .bind(entry.entry_hash.as_slice())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        sqlx::query(APPEND_ONLY_UPDATE_TRIGGER)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE offering_head SET last_hash = ?2 WHERE offering_id = ?1")
+            .bind(offering_id)
+            .bind(previous.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn load_batch_inputs(
@@ -173,7 +265,7 @@ impl SqliteStore {
         sqlx::query(
             "UPDATE offering_head SET subscribed_units = ?2, investor_count = ?3, status = ?4, version = ?5, \
                 update_time = ?6, demanded_units = ?7, name = ?8, max_units = ?9, max_units_per_investor = ?10, \
-                close_time = ?11 \
+                close_time = ?11, last_hash = ?12 \
              WHERE offering_id = ?1",
         )
         .bind(&head.offering_id)
@@ -187,6 +279,7 @@ impl SqliteStore {
         .bind(head.max_units)
         .bind(head.max_units_per_investor)
         .bind(head.close_time)
+        .bind(head.last_hash.as_slice())
         .execute(&mut **tx)
         .await?;
         Ok(())
@@ -196,7 +289,15 @@ impl SqliteStore {
         tx: &mut Transaction<'static, Sqlite>,
         offering_id: &str,
     ) -> Result<Option<Offering>, StoreError> {
-        let row: Option<HeadRow> = sqlx::query_as(concat!(
+        let row = Self::select_head_row(tx, offering_id).await?;
+        row.map(Offering::try_from).transpose()
+    }
+
+    async fn select_head_row(
+        tx: &mut Transaction<'static, Sqlite>,
+        offering_id: &str,
+    ) -> Result<Option<HeadRow>, StoreError> {
+        let row = sqlx::query_as(concat!(
             "SELECT ",
             head_columns!(),
             " FROM offering_head WHERE offering_id = ?1"
@@ -204,7 +305,7 @@ impl SqliteStore {
         .bind(offering_id)
         .fetch_optional(&mut **tx)
         .await?;
-        row.map(Offering::try_from).transpose()
+        Ok(row)
     }
 
     fn announce(&self, offering_id: &str, version: i64) {
@@ -227,7 +328,7 @@ async fn insert_entry(
         "INSERT INTO history_entry (",
         entry_columns!(),
         ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-            ?21, ?22, ?23)"
+            ?21, ?22, ?23, ?24)"
     ));
     bind_entry(insert, entry).execute(&mut **tx).await?;
     Ok(())
@@ -261,7 +362,7 @@ impl Store for SqliteStore {
         let insert = sqlx::query(concat!(
             "INSERT INTO offering_head (",
             head_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
         ));
         bind_head(insert, &head).execute(&mut *tx).await?;
         insert_entry(&mut tx, &entry).await?;
@@ -276,10 +377,11 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (mut heads, mut positions, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
         for item in work {
-            let Some(head) = Self::select_head(&mut tx, &item.offering_id).await? else {
+            let Some(head) = Self::select_head_row(&mut tx, &item.offering_id).await? else {
                 continue;
             };
-            heads.push(head);
+            head.require_chained()?;
+            heads.push(head.try_into()?);
             let (item_positions, item_recorded) = Self::load_batch_inputs(&mut tx, item).await?;
             positions.extend(item_positions);
             recorded.extend(item_recorded);

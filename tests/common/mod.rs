@@ -184,6 +184,82 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Runs several SQL statements in order on ONE connection, bypassing subledger: what a
+    /// session setting (SET session_replication_role) or a trigger disabled for the session must
+    /// be followed by. Stops at the first that fails.
+    pub async fn execute_sql_on_one_connection(&self, statements: &[&str]) -> Result<(), String> {
+        // The same loop for each backend's connection type.
+        macro_rules! run {
+            ($connection:ty) => {{
+                let mut connection = <$connection>::connect(&self.url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for sql in statements {
+                    sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                        .execute(&mut connection)
+                        .await
+                        .map_err(|e| format!("{sql}: {e}"))?;
+                }
+                Ok(())
+            }};
+        }
+        match self.backend {
+            Backend::Postgres => run!(sqlx::PgConnection),
+            Backend::Sqlite => run!(sqlx::SqliteConnection),
+        }
+    }
+}
+
+impl TestDb {
+    /// Writes history directly with SQL, as an operator loading data would (bench/grow_*.sql):
+    /// rows without entry_hash, like history recorded before the hash chain (its refusal of a
+    /// NULL entry_hash lifted on this connection's transaction only), then hashes them as an
+    /// upgrade does, by running subledger's migrate() on the database.
+    pub async fn insert_history_before_the_chain(&self, statements: &[&str]) {
+        self.insert_unhashed_history(statements).await;
+        self.migrate().await;
+    }
+
+    /// The rows of [`TestDb::insert_history_before_the_chain`], left unhashed.
+    pub async fn insert_unhashed_history(&self, statements: &[&str]) {
+        let (lift, restore) = match self.backend {
+            Backend::Postgres => (
+                "ALTER TABLE history_entry DROP CONSTRAINT history_entry_hashed",
+                "ALTER TABLE history_entry ADD CONSTRAINT history_entry_hashed CHECK (entry_hash IS NOT NULL) NOT VALID",
+            ),
+            Backend::Sqlite => (
+                "DROP TRIGGER history_entry_hashed",
+                "CREATE TRIGGER history_entry_hashed BEFORE INSERT ON history_entry WHEN NEW.entry_hash IS NULL \
+                 BEGIN SELECT RAISE(ABORT, 'history_entry.entry_hash is required'); END",
+            ),
+        };
+        let begin = match self.backend {
+            Backend::Postgres => "BEGIN",
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+        };
+        let all: Vec<&str> = [begin, lift]
+            .into_iter()
+            .chain(statements.iter().copied())
+            .chain([restore, "COMMIT"])
+            .collect();
+        self.execute_sql_on_one_connection(&all).await.unwrap();
+    }
+
+    /// What `subledger migrate` does, on this database: pending migrations, then hashing any
+    /// history that lacks its hash.
+    pub async fn migrate(&self) {
+        match self.backend {
+            Backend::Postgres => drop(subledger::cli::open_postgres(&self.url, 1).await.unwrap()),
+            Backend::Sqlite => drop(
+                subledger::cli::open_sqlite(&self.sqlite_path())
+                    .await
+                    .unwrap(),
+            ),
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let Some(name) = self.postgres_database.take() else {
@@ -394,6 +470,65 @@ pub async fn assert_ledger_consistent(
     );
     assert_eq!(verdict.entries_checked, entries.len() as i64);
     entries
+}
+
+/// An entry's hash as a client computes it from ListHistory: docs/hash-chain.md, written again
+/// from the document alone, against the protobuf message (not with the server's code).
+pub fn recompute_entry_hash(previous: &[u8; 32], e: &proto::HistoryEntry) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    fn str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    fn micros(t: &prost_types::Timestamp) -> i64 {
+        t.seconds * 1_000_000 + i64::from(t.nanos) / 1000
+    }
+    fn terms(out: &mut Vec<u8>, t: Option<&proto::OfferingTerms>) {
+        let Some(t) = t else { return out.push(0) };
+        out.push(1);
+        str(out, &t.name);
+        out.extend_from_slice(&t.max_units.to_be_bytes());
+        out.extend_from_slice(&t.max_units_per_investor.to_be_bytes());
+        match &t.close_time {
+            None => out.push(0),
+            Some(close) => {
+                out.push(1);
+                out.extend_from_slice(&micros(close).to_be_bytes());
+            }
+        }
+    }
+    let mut out = vec![1u8];
+    str(&mut out, &e.offering_id);
+    for n in [e.sequence, i64::from(e.kind)] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    str(&mut out, &e.investor_id);
+    for n in [
+        e.units_delta,
+        e.investor_units_after,
+        e.offering_units_after,
+    ] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    str(&mut out, &e.request_id);
+    let record_time = micros(e.record_time.as_ref().unwrap());
+    for n in [e.requested_units, e.expected_version, record_time] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    str(&mut out, &e.actor);
+    for n in [
+        e.demand_delta,
+        e.investor_demand_after,
+        e.offering_demand_after,
+    ] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    terms(&mut out, e.terms_before.as_ref());
+    terms(&mut out, e.terms_after.as_ref());
+    let mut hasher = Sha256::new();
+    hasher.update(previous);
+    hasher.update(&out);
+    hasher.finalize().into()
 }
 
 /// Generates, for each named test body `async fn name(db: TestDb)`, one #[tokio::test] per backend:

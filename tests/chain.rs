@@ -1,0 +1,276 @@
+//! The history's hash chain (docs/hash-chain.md): every entry is linked to the one before, and
+//! VerifyOffering finds the first sequence where stored history was changed, removed or
+//! renumbered, even when whoever did it made every total agree again.
+
+mod common;
+
+use common::{Backend, TestDb, assert_ledger_consistent, offering, subscribe};
+use subledger::proto;
+
+/// Creates "deal" with three subscriptions (sequences 2, 3, 4: alice 10, bob 5, carol 3).
+async fn deal_with_three_subscriptions(client: &mut common::Client) {
+    client
+        .create_offering(offering("deal", 100, 0))
+        .await
+        .unwrap();
+    for (investor, units) in [("alice", 10), ("bob", 5), ("carol", 3)] {
+        client
+            .subscribe(subscribe("deal", investor, units, &format!("s-{investor}")))
+            .await
+            .unwrap();
+    }
+}
+
+async fn verify(client: &mut common::Client) -> proto::VerifyOfferingResponse {
+    client
+        .verify_offering(proto::VerifyOfferingRequest {
+            offering_id: "deal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Asserts that the chain, and only the chain, found the tampering, at `sequence`.
+#[track_caller]
+fn assert_chain_breaks_at(verdict: &proto::VerifyOfferingResponse, sequence: i64) {
+    assert!(!verdict.ok, "tampering went unnoticed");
+    assert_eq!(
+        verdict.first_bad_sequence, sequence,
+        "{:?}",
+        verdict.problems
+    );
+    assert!(
+        verdict.problems[0].starts_with(&format!("sequence {sequence}: entry_hash")),
+        "{:?}",
+        verdict.problems
+    );
+    // Every total was made to agree: nothing but the chain can tell.
+    assert!(
+        verdict.problems.iter().all(|p| p.contains("chain")),
+        "{:?}",
+        verdict.problems
+    );
+}
+
+/// Bob's 5 units become 4 in his entry (sequence 3), in carol's running total after it, in his
+/// position and in the head: every total agrees. Before the hash chain, VerifyOffering said ok
+/// to exactly this.
+const UNITS_REWRITTEN: [&str; 4] = [
+    "UPDATE history_entry SET units_delta = 4, investor_units_after = 4, offering_units_after = 14 \
+     WHERE offering_id = 'deal' AND sequence = 3",
+    "UPDATE history_entry SET offering_units_after = 17 WHERE offering_id = 'deal' AND sequence = 4",
+    "UPDATE investor_position SET units = 4 WHERE offering_id = 'deal' AND investor_id = 'bob'",
+    "UPDATE offering_head SET subscribed_units = 17 WHERE offering_id = 'deal'",
+];
+
+/// Runs `tampering` as a superuser would: past the append-only triggers. `bypass` picks how on
+/// PostgreSQL (SQLite has one way: drop the triggers).
+async fn tamper(db: &TestDb, bypass: PgBypass, tampering: &[&str]) {
+    let (before, after): (Vec<&str>, Vec<&str>) = match (db.backend, bypass) {
+        (Backend::Postgres, PgBypass::DisableTrigger) => (
+            vec!["ALTER TABLE history_entry DISABLE TRIGGER history_entry_no_update_delete"],
+            vec!["ALTER TABLE history_entry ENABLE TRIGGER history_entry_no_update_delete"],
+        ),
+        // Ordinary triggers do not fire for a session in replica mode.
+        (Backend::Postgres, PgBypass::ReplicationRole) => {
+            (vec!["SET session_replication_role = replica"], vec![])
+        }
+        (Backend::Sqlite, _) => (
+            vec![
+                "DROP TRIGGER history_entry_no_update",
+                "DROP TRIGGER history_entry_no_delete",
+            ],
+            vec![],
+        ),
+    };
+    let statements: Vec<&str> = before
+        .into_iter()
+        .chain(tampering.iter().copied())
+        .chain(after)
+        .collect();
+    db.execute_sql_on_one_connection(&statements).await.unwrap();
+}
+
+#[derive(Clone, Copy)]
+enum PgBypass {
+    DisableTrigger,
+    ReplicationRole,
+}
+
+async fn rewritten_units_are_found_at_their_sequence(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+    assert_ledger_consistent(&mut client, "deal").await;
+
+    tamper(&db, PgBypass::DisableTrigger, &UNITS_REWRITTEN).await;
+    assert_chain_breaks_at(&verify(&mut client).await, 3);
+}
+
+/// PostgreSQL's other way past a trigger, on the same connection as the UPDATEs.
+async fn rewritten_units_are_found_past_replica_mode(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+
+    tamper(&db, PgBypass::ReplicationRole, &UNITS_REWRITTEN).await;
+    assert_chain_breaks_at(&verify(&mut client).await, 3);
+}
+
+/// Bob's subscription (sequence 3) is deleted and carol's renumbered from 4 to 3, with her
+/// running total, bob's position, the head's version, total and investor count all made to
+/// agree: the chain breaks at the first renumbered sequence.
+async fn a_deleted_and_renumbered_entry_is_found(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+
+    tamper(
+        &db,
+        PgBypass::DisableTrigger,
+        &[
+            "DELETE FROM history_entry WHERE offering_id = 'deal' AND sequence = 3",
+            "UPDATE history_entry SET sequence = 3, offering_units_after = 13 \
+             WHERE offering_id = 'deal' AND sequence = 4",
+            "DELETE FROM investor_position WHERE offering_id = 'deal' AND investor_id = 'bob'",
+            "UPDATE offering_head SET version = 3, subscribed_units = 13, investor_count = 2 \
+             WHERE offering_id = 'deal'",
+        ],
+    )
+    .await;
+    let verdict = verify(&mut client).await;
+    assert_chain_breaks_at(&verdict, 3);
+    assert_eq!(verdict.entries_checked, 3);
+}
+
+/// Entries appended by three replicas, in group-commit batches of many requests, each link to
+/// the one before whichever replica and batch appended it.
+async fn the_chain_holds_across_replicas_and_batches(db: TestDb) {
+    const REPLICAS: usize = 3;
+    const CALLS: usize = 300;
+    let mut servers = Vec::new();
+    let mut clients = Vec::new();
+    for _ in 0..REPLICAS {
+        let server = db.start_server().await;
+        clients.push(server.client().await);
+        servers.push(server);
+    }
+    clients[0]
+        .create_offering(offering("deal", 1_000_000, 0))
+        .await
+        .unwrap();
+    let calls = (0..CALLS).map(|k| {
+        let mut client = clients[k % REPLICAS].clone();
+        tokio::spawn(async move {
+            client
+                .subscribe(subscribe(
+                    "deal",
+                    &format!("investor-{}", k % 40),
+                    1,
+                    &format!("s-{k}"),
+                ))
+                .await
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        call.unwrap().unwrap();
+    }
+    let entries = assert_ledger_consistent(&mut clients[1], "deal").await;
+    assert_eq!(entries.len(), CALLS + 1);
+    assert!(entries.iter().all(|e| e.entry_hash.len() == 32));
+    let verdict = verify(&mut clients[2]).await;
+    assert!(verdict.ok, "{:?}", verdict.problems);
+    assert_eq!(verdict.first_bad_sequence, 0);
+}
+
+/// A client can recompute every hash from ListHistory alone, as docs/hash-chain.md says.
+async fn a_client_recomputes_the_chain_from_list_history(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+    client
+        .amend_offering(proto::AmendOfferingRequest {
+            offering_id: "deal".into(),
+            max_units: Some(50),
+            close_time: Some(prost_types::Timestamp {
+                seconds: 4_102_444_800,
+                nanos: 0,
+            }),
+            request_id: "amend".into(),
+            expected_version: 4,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut previous = [0u8; 32];
+    for entry in common::full_history(&mut client, "deal").await {
+        let hash = common::recompute_entry_hash(&previous, &entry);
+        assert_eq!(entry.entry_hash, hash, "sequence {}", entry.sequence);
+        previous = hash;
+    }
+}
+
+/// An offering whose history was loaded straight into the database after the server migrated
+/// has no hashes yet: it still reads, but nothing is appended to it (that would link to nothing)
+/// until migrate() hashes it.
+async fn an_unhashed_offering_reads_but_refuses_appends_until_migrated(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    let now = match db.backend {
+        Backend::Postgres => "now()",
+        Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
+    };
+    let head = format!(
+        "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+            investor_count, status, version, create_time, update_time) \
+         VALUES ('deal', 'loaded', 100, 0, 0, 0, 1, 1, {now}, {now})"
+    );
+    let entry = format!(
+        "INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
+            offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
+         VALUES ('deal', 1, 1, '', 0, 0, 0, 'create', 100, 0, {now}, 'loader')"
+    );
+    db.insert_unhashed_history(&[&head, &entry]).await;
+
+    let read = client
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: "deal".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read.version, 1);
+    let refused = client.subscribe(subscribe("deal", "alice", 1, "s1")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::Internal);
+
+    db.migrate().await;
+    client
+        .subscribe(subscribe("deal", "alice", 1, "s1"))
+        .await
+        .unwrap();
+    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    let mut previous = [0u8; 32];
+    for entry in &entries {
+        previous = common::recompute_entry_hash(&previous, entry);
+        assert_eq!(entry.entry_hash, previous);
+    }
+}
+
+backend_tests!(
+    an_unhashed_offering_reads_but_refuses_appends_until_migrated,
+    rewritten_units_are_found_at_their_sequence,
+    a_deleted_and_renumbered_entry_is_found,
+    the_chain_holds_across_replicas_and_batches,
+    a_client_recomputes_the_chain_from_list_history,
+);
+
+/// PostgreSQL only: session_replication_role has no SQLite counterpart.
+mod postgres_only {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn rewritten_units_are_found_past_replica_mode() {
+        if let Some(db) = super::common::TestDb::new(super::common::Backend::Postgres).await {
+            super::rewritten_units_are_found_past_replica_mode(db).await;
+        }
+    }
+}
