@@ -10,6 +10,7 @@
 #                      bearer token and an auth file: what securing it costs); metrics
 #                      (--metrics-listen, scraped once a second: what metrics cost)
 #   METRICS_SAVE=FILE   keep the last /metrics scrape of the first replica of a metrics run
+#   SUBLEDGER_BIN=PATH  run this subledger binary instead of building the checkout
 #   PGURL=postgres://postgres@127.0.0.1:5432/postgres   (an admin URL: databases are (re)created there)
 #   SUBLEDGER_PG_ANCHOR=../shared/bench/pg-anchor       (the reference scripts)
 # Prints one line per configuration, then a Markdown table.
@@ -27,8 +28,13 @@ base_port=${BASE_PORT:-50071}
 # pgbench needs one connection per client: past max_connections the reference cannot run.
 pg_max_clients=$(( $(psql -Atq "$pg_url" -c 'show max_connections') - 10 ))
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
-bin=$root/target/release/subledger
+# SUBLEDGER_BIN measures another build (say, the commit before a change) against the same reference.
+if [ -n "${SUBLEDGER_BIN:-}" ]; then
+  bin=$SUBLEDGER_BIN
+else
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+  bin=$root/target/release/subledger
+fi
 work=$(mktemp -d)
 pids=()
 stop_servers() {
