@@ -85,7 +85,7 @@ pub const ANONYMOUS: &str = "anonymous";
 /// Names that mean something else in the history, so no principal may take them.
 const RESERVED_NAMES: &[&str] = &[ANONYMOUS, "unknown", crate::ledger::SYSTEM_ACTOR];
 /// Principal names are recorded in every history entry: short, and printable without escapes.
-const PRINCIPAL_NAME_CHARS_MAX: usize = 128;
+pub const PRINCIPAL_NAME_CHARS_MAX: usize = 128;
 
 /// Who made a call, as the auth layer established it.
 #[derive(Clone, Debug)]
@@ -224,11 +224,17 @@ impl Principals {
     }
 }
 
-/// Principal names are 1-128 characters of A-Z a-z 0-9 . _ : - / @, and not a reserved name.
-pub fn check_principal_name(name: &str) -> Result<(), String> {
+/// True for 1-128 characters of A-Z a-z 0-9 . _ : - / @: the form of every name an entry can
+/// record as its actor, reserved ones included.
+pub fn is_actor_name(name: &str) -> bool {
     let allowed =
         |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-' | '/' | '@');
-    if name.is_empty() || name.len() > PRINCIPAL_NAME_CHARS_MAX || !name.chars().all(allowed) {
+    !name.is_empty() && name.len() <= PRINCIPAL_NAME_CHARS_MAX && name.chars().all(allowed)
+}
+
+/// Principal names have the form of [`is_actor_name`] and are not a reserved name.
+pub fn check_principal_name(name: &str) -> Result<(), String> {
+    if !is_actor_name(name) {
         return Err(format!(
             "principal name {name:?} must be 1-{PRINCIPAL_NAME_CHARS_MAX} characters of A-Z a-z 0-9 . _ : - / @"
         ));

@@ -54,14 +54,13 @@ pub fn optional_actor(value: &str) -> Result<Option<&str>, ApiError> {
     if value.is_empty() {
         return Ok(None);
     }
-    if value.len() > ID_CHARS_MAX
-        || !value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-' | '/' | '@'))
-    {
+    if !super::auth::is_actor_name(value) {
         return Err(ApiError::invalid(
             "actor",
-            format!("must be at most {ID_CHARS_MAX} characters of A-Z a-z 0-9 . _ : - / @"),
+            format!(
+                "must be at most {} characters of A-Z a-z 0-9 . _ : - / @",
+                super::auth::PRINCIPAL_NAME_CHARS_MAX
+            ),
         ));
     }
     Ok(Some(value))
