@@ -334,6 +334,7 @@ mod tests {
     use tokio::sync::{Semaphore, broadcast};
 
     use super::*;
+    use crate::ledger::chain::Digest;
     use crate::ledger::verify::Report;
     use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
     use crate::store::{Change, HistoryQuery};
@@ -413,7 +414,11 @@ mod tests {
             Ok(None)
         }
 
-        async fn verify_offering(&self, _: &str) -> Result<Option<Report>, StoreError> {
+        async fn verify_offering(
+            &self,
+            _: &str,
+            _: &[Digest],
+        ) -> Result<Option<Report>, StoreError> {
             Ok(None)
         }
 

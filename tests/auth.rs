@@ -204,6 +204,13 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             .map(drop),
         "VerifyOffering" => client
             .verify_offering(r!(proto::VerifyOfferingRequest {
+                offering_id: "deal".into(),
+                digest: None,
+            }))
+            .await
+            .map(drop),
+        "GetDigest" => client
+            .get_digest(r!(proto::GetDigestRequest {
                 offering_id: "deal".into()
             }))
             .await
@@ -275,7 +282,7 @@ async fn every_rpc_by_every_role_by_token_and_by_certificate(db: TestDb) {
     assert_eq!(
         cells,
         RPC_ROLES.len() * 7,
-        "11 RPCs x (nobody + 3 roles x 2 credentials)"
+        "every RPC x (nobody + 3 roles x 2 credentials)"
     );
 }
 

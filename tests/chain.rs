@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Backend, TestDb, assert_ledger_consistent, offering, subscribe};
+use common::{
+    Backend, TestDb, assert_invalid, assert_ledger_consistent, assert_status, offering, subscribe,
+};
 use subledger::proto;
 
 /// Creates "deal" with three subscriptions (sequences 2, 3, 4: alice 10, bob 5, carol 3).
@@ -22,8 +24,26 @@ async fn deal_with_three_subscriptions(client: &mut common::Client) {
 }
 
 async fn verify(client: &mut common::Client) -> proto::VerifyOfferingResponse {
+    verify_against(client, None).await
+}
+
+async fn verify_against(
+    client: &mut common::Client,
+    digest: Option<proto::Digest>,
+) -> proto::VerifyOfferingResponse {
     client
         .verify_offering(proto::VerifyOfferingRequest {
+            offering_id: "deal".into(),
+            digest,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn digest(client: &mut common::Client) -> proto::Digest {
+    client
+        .get_digest(proto::GetDigestRequest {
             offering_id: "deal".into(),
         })
         .await
@@ -78,8 +98,8 @@ async fn tamper(db: &TestDb, bypass: PgBypass, tampering: &[&str]) {
         }
         (Backend::Sqlite, _) => (
             vec![
-                "DROP TRIGGER history_entry_no_update",
-                "DROP TRIGGER history_entry_no_delete",
+                "DROP TRIGGER IF EXISTS history_entry_no_update",
+                "DROP TRIGGER IF EXISTS history_entry_no_delete",
             ],
             vec![],
         ),
@@ -257,8 +277,204 @@ async fn an_unhashed_offering_reads_but_refuses_appends_until_migrated(db: TestD
     }
 }
 
+/// GetDigest names the latest entry exactly as ListHistory returns it, and VerifyOffering holds
+/// the chain against it, at the time and later.
+async fn a_digest_is_the_latest_entry_and_verifies_later(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+    let taken = digest(&mut client).await;
+    let last = common::full_history(&mut client, "deal")
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(
+        (
+            &taken.offering_id,
+            taken.sequence,
+            &taken.entry_hash,
+            &taken.record_time
+        ),
+        (
+            &last.offering_id,
+            last.sequence,
+            &last.entry_hash,
+            &last.record_time
+        )
+    );
+
+    let without = verify(&mut client).await;
+    assert!(without.ok && without.digest_ok.is_none(), "{without:?}");
+    client
+        .subscribe(subscribe("deal", "dave", 1, "s-dave"))
+        .await
+        .unwrap();
+    let later = verify_against(&mut client, Some(taken.clone())).await;
+    assert!(later.ok, "{:?}", later.problems);
+    assert_eq!(later.digest_ok, Some(true));
+
+    // A digest kept without its offering_id or record_time is held by its hash alone.
+    let bare = proto::Digest {
+        offering_id: String::new(),
+        record_time: None,
+        ..taken.clone()
+    };
+    assert_eq!(
+        verify_against(&mut client, Some(bare)).await.digest_ok,
+        Some(true)
+    );
+    // One that does not match is not an error status: ok and digest_ok say so.
+    let mut forged = taken.clone();
+    forged.entry_hash[0] ^= 1;
+    let verdict = verify_against(&mut client, Some(forged)).await;
+    assert!(
+        !verdict.ok && verdict.digest_ok == Some(false),
+        "{verdict:?}"
+    );
+    assert!(
+        verdict.problems[0].starts_with("digest at sequence 4"),
+        "{verdict:?}"
+    );
+    let beyond = proto::Digest {
+        sequence: 99,
+        ..taken.clone()
+    };
+    let verdict = verify_against(&mut client, Some(beyond)).await;
+    assert_eq!(verdict.digest_ok, Some(false));
+    assert!(
+        verdict.problems[0].contains("the history ends at sequence 5"),
+        "{verdict:?}"
+    );
+}
+
+async fn bad_digest_requests_name_their_field(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+    let taken = digest(&mut client).await;
+    let cases = [
+        (
+            "digest.offering_id",
+            proto::Digest {
+                offering_id: "other".into(),
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.sequence",
+            proto::Digest {
+                sequence: 0,
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.entry_hash",
+            proto::Digest {
+                entry_hash: vec![0; 31],
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.record_time",
+            proto::Digest {
+                record_time: Some(prost_types::Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+                ..taken.clone()
+            },
+        ),
+    ];
+    for (field, digest) in cases {
+        let result = client
+            .verify_offering(proto::VerifyOfferingRequest {
+                offering_id: "deal".into(),
+                digest: Some(digest),
+            })
+            .await;
+        assert_invalid(result, field);
+    }
+    let unknown = client
+        .get_digest(proto::GetDigestRequest {
+            offering_id: "nope".into(),
+        })
+        .await;
+    assert_status(unknown, tonic::Code::NotFound, "OFFERING_NOT_FOUND");
+    let malformed = client
+        .get_digest(proto::GetDigestRequest {
+            offering_id: "no spaces".into(),
+        })
+        .await;
+    assert_invalid(malformed, "offering_id");
+}
+
+/// The edit the chain alone cannot see: bob's units rewritten as in UNITS_REWRITTEN, and then
+/// every hash from his entry on recomputed (with the code any client can write from
+/// docs/hash-chain.md) and stored, the head's last hash too. The stored chain agrees with
+/// itself; only a digest taken before the edit tells.
+async fn a_rehashed_edit_is_caught_only_against_an_earlier_digest(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    deal_with_three_subscriptions(&mut client).await;
+    let before_the_edit = digest(&mut client).await;
+
+    tamper(&db, PgBypass::DisableTrigger, &UNITS_REWRITTEN).await;
+    let mut previous = [0u8; 32];
+    let mut rehash = Vec::new();
+    for entry in common::full_history(&mut client, "deal").await {
+        previous = common::recompute_entry_hash(&previous, &entry);
+        rehash.push(format!(
+            "UPDATE history_entry SET entry_hash = {} WHERE offering_id = 'deal' AND sequence = {}",
+            bytes_literal(db.backend, &previous),
+            entry.sequence
+        ));
+    }
+    rehash.push(format!(
+        "UPDATE offering_head SET last_hash = {} WHERE offering_id = 'deal'",
+        bytes_literal(db.backend, &previous)
+    ));
+    let rehash: Vec<&str> = rehash.iter().map(String::as_str).collect();
+    tamper(&db, PgBypass::DisableTrigger, &rehash).await;
+
+    let alone = verify(&mut client).await;
+    assert!(
+        alone.ok,
+        "the rehashed history should agree with itself: {:?}",
+        alone.problems
+    );
+    let after_the_edit = digest(&mut client).await;
+    assert_ne!(after_the_edit.entry_hash, before_the_edit.entry_hash);
+
+    let verdict = verify_against(&mut client, Some(before_the_edit)).await;
+    assert!(!verdict.ok);
+    assert_eq!(verdict.digest_ok, Some(false));
+    assert_eq!(
+        verdict.first_bad_sequence, 0,
+        "the stored chain itself is whole"
+    );
+    assert_eq!(verdict.problems.len(), 1, "{:?}", verdict.problems);
+    assert!(
+        verdict.problems[0].starts_with("digest at sequence 4")
+            && verdict.problems[0].contains("changed after the digest was taken"),
+        "{:?}",
+        verdict.problems
+    );
+}
+
+/// A BYTEA or BLOB literal.
+fn bytes_literal(backend: Backend, bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    match backend {
+        Backend::Postgres => format!("'\\x{hex}'::bytea"),
+        Backend::Sqlite => format!("X'{hex}'"),
+    }
+}
+
 backend_tests!(
     an_unhashed_offering_reads_but_refuses_appends_until_migrated,
+    a_digest_is_the_latest_entry_and_verifies_later,
+    bad_digest_requests_name_their_field,
+    a_rehashed_edit_is_caught_only_against_an_earlier_digest,
     rewritten_units_are_found_at_their_sequence,
     a_deleted_and_renumbered_entry_is_found,
     the_chain_holds_across_replicas_and_batches,

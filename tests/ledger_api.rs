@@ -486,6 +486,7 @@ async fn unknown_offerings_are_not_found(db: TestDb) {
         client
             .verify_offering(proto::VerifyOfferingRequest {
                 offering_id: "nope".into(),
+                digest: None,
             })
             .await
             .map(|_| ()),
@@ -783,6 +784,7 @@ async fn verify_reports_a_tampered_position(db: TestDb) {
     let verdict = client
         .verify_offering(proto::VerifyOfferingRequest {
             offering_id: "deal".into(),
+            digest: None,
         })
         .await
         .unwrap()

@@ -202,6 +202,7 @@ async fn verifications_are_bounded_and_reads_stay_fast(db: TestDb) {
                 client
                     .verify_offering(proto::VerifyOfferingRequest {
                         offering_id: "grown".into(),
+                        digest: None,
                     })
                     .await
             })

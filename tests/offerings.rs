@@ -494,6 +494,7 @@ async fn amendments_change_terms_under_load(db: TestDb) {
     let verdict = client
         .verify_offering(proto::VerifyOfferingRequest {
             offering_id: "deal".into(),
+            digest: None,
         })
         .await
         .unwrap()

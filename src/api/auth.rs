@@ -68,6 +68,7 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("ListHistory", Role::Reader),
     ("WatchHistory", Role::Reader),
     ("VerifyOffering", Role::Reader),
+    ("GetDigest", Role::Reader),
     ("AllocateOffering", Role::Operator),
     ("AmendOffering", Role::Operator),
 ];

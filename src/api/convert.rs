@@ -1,5 +1,6 @@
 //! Domain <-> protobuf, at the edge and nowhere else.
 
+use crate::ledger::chain::Digest;
 use crate::ledger::{
     Allocation, Applied, Entry, EntryKind, Offering, OfferingStatus, Position, Terms, Timestamp,
 };
@@ -89,6 +90,15 @@ pub fn position(position: Position) -> proto::Position {
         units: position.units,
         update_time: position.update_time.map(timestamp),
         demanded_units: position.demanded_units,
+    }
+}
+
+pub fn digest(digest: Digest) -> proto::Digest {
+    proto::Digest {
+        offering_id: digest.offering_id,
+        sequence: digest.sequence,
+        entry_hash: digest.entry_hash.to_vec(),
+        record_time: digest.record_time.map(timestamp),
     }
 }
 

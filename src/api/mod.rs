@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::group_commit::GroupCommitter;
+use crate::ledger::chain::Digest;
 use crate::ledger::{self, Applied, Command, CreateOutcome, Position};
 use crate::proto::{self, subscription_ledger_server::SubscriptionLedger};
 use crate::store::{HistoryQuery, Store};
@@ -578,6 +579,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         let r = request.into_inner();
         traced(self.call("VerifyOffering", &r.offering_id, ""), async move {
             validate::id("offering_id", &r.offering_id)?;
+            let digest = validate::digest(&r.offering_id, r.digest)?;
             let _admitted = self.verifications_admitted.try_acquire().map_err(|_| {
                 ApiError::LimitReached {
                     reason: "TOO_MANY_VERIFICATIONS",
@@ -595,7 +597,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                 .map_err(|_| ApiError::ShuttingDown)?;
             let report = self
                 .store
-                .verify_offering(&r.offering_id)
+                .verify_offering(&r.offering_id, digest.as_slice())
                 .await?
                 .ok_or_else(|| {
                     ApiError::from(ledger::Rejection::OfferingNotFound {
@@ -610,7 +612,21 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                 entries_checked: report.entries_checked,
                 problems: report.problems,
                 first_bad_sequence: report.first_bad_sequence,
+                digest_ok: digest.map(|_| report.digests_failed == 0),
             })
+        })
+        .await
+    }
+
+    async fn get_digest(
+        &self,
+        request: Request<proto::GetDigestRequest>,
+    ) -> Result<Response<proto::Digest>, Status> {
+        let r = request.into_inner();
+        traced(self.call("GetDigest", &r.offering_id, ""), async move {
+            validate::id("offering_id", &r.offering_id)?;
+            let head = self.require_offering(&r.offering_id).await?;
+            Ok(convert::digest(Digest::of(&head)))
         })
         .await
     }

@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use std::sync::Arc;
 
 use super::error::ApiError;
+use crate::ledger::chain::{self, Digest};
 use crate::ledger::limits::{
     DEMAND_TOTAL_MAX, ID_CHARS_MAX, NAME_CHARS_MAX, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX, UNITS_MAX,
 };
@@ -114,6 +115,44 @@ pub fn timestamp(
             ApiError::invalid(field, "is not a valid timestamp between 1970 and 9999")
         })?;
     Ok(Some(time.trunc_subsecs(6)))
+}
+
+/// VerifyOffering's optional digest, of the offering `offering_id` (an empty offering_id in it
+/// means that one).
+pub fn digest(
+    offering_id: &str,
+    digest: Option<proto::Digest>,
+) -> Result<Option<Digest>, ApiError> {
+    let Some(digest) = digest else {
+        return Ok(None);
+    };
+    if !digest.offering_id.is_empty() && digest.offering_id != offering_id {
+        return Err(ApiError::invalid(
+            "digest.offering_id",
+            format!(
+                "is {:?}, a digest of another offering than {offering_id:?}",
+                digest.offering_id
+            ),
+        ));
+    }
+    if digest.sequence < 1 {
+        return Err(ApiError::invalid("digest.sequence", "must be at least 1"));
+    }
+    let entry_hash = chain::Hash::try_from(digest.entry_hash.as_slice()).map_err(|_| {
+        ApiError::invalid(
+            "digest.entry_hash",
+            format!(
+                "must be 32 bytes (a SHA-256), not {}",
+                digest.entry_hash.len()
+            ),
+        )
+    })?;
+    Ok(Some(Digest {
+        offering_id: offering_id.to_owned(),
+        sequence: digest.sequence,
+        entry_hash,
+        record_time: timestamp("digest.record_time", digest.record_time)?,
+    }))
 }
 
 /// CreateOffering's fields, each checked on its own and against the others.

@@ -561,6 +561,7 @@ async fn verify(client: &Client, offering_ids: &[String]) -> anyhow::Result<(i64
                     client
                         .verify_offering(proto::VerifyOfferingRequest {
                             offering_id: id.clone(),
+                            digest: None,
                         })
                         .await,
                 )

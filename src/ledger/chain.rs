@@ -10,12 +10,37 @@
 //! language from a ListHistory page; a test below checks the document's worked example against
 //! this code, so the two cannot drift apart.
 
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
-use super::types::{Entry, Terms, Timestamp};
+use super::types::{Entry, Offering, Terms, Timestamp};
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
+
+/// Where an offering's chain stood at one moment (GetDigest): kept elsewhere, it later proves
+/// that the history up to `sequence` has not changed since, even if every hash was recomputed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digest {
+    pub offering_id: String,
+    pub sequence: i64,
+    pub entry_hash: Hash,
+    /// The entry's record_time; a digest kept without it is checked by its hash alone (which
+    /// covers the time anyway).
+    pub record_time: Option<Timestamp>,
+}
+
+impl Digest {
+    /// The digest of the head's latest entry: the head keeps its hash, and its update_time is
+    /// that entry's record_time.
+    pub fn of(head: &Offering) -> Self {
+        Self {
+            offering_id: head.offering_id.clone(),
+            sequence: head.version,
+            entry_hash: head.last_hash,
+            record_time: Some(head.update_time),
+        }
+    }
+}
 
 /// The "previous hash" of sequence 1.
 pub const GENESIS: Hash = [0; 32];

@@ -8,12 +8,13 @@
 //!
 //! The hash chain is recomputed too (see `chain`): the first entry whose stored hash differs
 //! from the recomputed one is where the stored history was changed, removed or renumbered, even
-//! when every total was made to agree again.
+//! when every total was made to agree again. A digest taken earlier (GetDigest) catches the
+//! one edit the chain alone cannot: a history changed and then hashed again from there on.
 
 use std::collections::HashMap;
 
 use super::allocation::{self, Demand};
-use super::chain::{self, Hash};
+use super::chain::{self, Digest, Hash};
 use super::limits::DEMAND_TOTAL_MAX;
 use super::types::{Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms};
 
@@ -48,6 +49,10 @@ pub struct Verifier {
     chain_hash: Hash,
     /// The first sequence whose stored hash is not the recomputed one; 0 while none is.
     first_bad_sequence: i64,
+    /// Digests still to reach, the lowest sequence last.
+    digests_ahead: Vec<Digest>,
+    digests_checked: usize,
+    digests_failed: usize,
     problems: Vec<String>,
 }
 
@@ -56,12 +61,18 @@ pub struct Report {
     pub problems: Vec<String>,
     /// The first sequence whose stored entry_hash differs from the recomputed chain; 0 = none.
     pub first_bad_sequence: i64,
+    /// Digests held against the chain, and how many of them it no longer passes through.
+    pub digests_checked: usize,
+    pub digests_failed: usize,
 }
 
 impl Verifier {
     /// What the history does not record (the allocation mode, window, lot, minimum, demand bound
-    /// are fixed at creation) comes from the head.
-    pub fn new(head: &Offering) -> Self {
+    /// are fixed at creation) comes from the head. `digests` are earlier digests of this
+    /// offering the recomputed chain must still pass through.
+    pub fn new(head: &Offering, digests: &[Digest]) -> Self {
+        let mut digests_ahead = digests.to_vec();
+        digests_ahead.sort_by_key(|d| std::cmp::Reverse(d.sequence));
         Self {
             allocation: head.allocation,
             lot: head.lot(),
@@ -80,6 +91,9 @@ impl Verifier {
             expected_allocations: None,
             chain_hash: chain::GENESIS,
             first_bad_sequence: 0,
+            digests_ahead,
+            digests_checked: 0,
+            digests_failed: 0,
             problems: Vec::new(),
         }
     }
@@ -149,6 +163,55 @@ impl Verifier {
                 entry.sequence,
                 chain::hex(&entry.entry_hash),
                 chain::hex(&self.chain_hash)
+            ));
+        }
+        self.check_digests_up_to(entry);
+    }
+
+    /// Holds every digest at or before this entry's sequence against the recomputed chain, not
+    /// against the stored hashes: a history edited and then hashed again from the edit on has
+    /// stored hashes that agree with each other, and only an earlier digest tells.
+    fn check_digests_up_to(&mut self, entry: &Entry) {
+        while let Some(digest) = self
+            .digests_ahead
+            .pop_if(|digest| digest.sequence <= entry.sequence)
+        {
+            let failure = if digest.sequence < entry.sequence {
+                Some(format!(
+                    "the history has no entry at sequence {}",
+                    digest.sequence
+                ))
+            } else if digest.entry_hash != self.chain_hash {
+                Some(format!(
+                    "the chain gives {} there: the history up to it changed after the digest was taken",
+                    chain::hex(&self.chain_hash)
+                ))
+            } else {
+                digest
+                    .record_time
+                    .filter(|time| *time != entry.record_time)
+                    .map(|time| {
+                        format!(
+                            "the digest's record_time {} is not the entry's {}",
+                            time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                            entry
+                                .record_time
+                                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+                        )
+                    })
+            };
+            self.digest_checked(&digest, failure);
+        }
+    }
+
+    fn digest_checked(&mut self, digest: &Digest, failure: Option<String>) {
+        self.digests_checked += 1;
+        if let Some(failure) = failure {
+            self.digests_failed += 1;
+            self.problem(format!(
+                "digest at sequence {} ({}): {failure}",
+                digest.sequence,
+                chain::hex(&digest.entry_hash)
             ));
         }
     }
@@ -327,6 +390,10 @@ impl Verifier {
         if self.entries_checked == 0 {
             self.problem("the offering has no history".to_owned());
         }
+        while let Some(digest) = self.digests_ahead.pop() {
+            let failure = format!("the history ends at sequence {}", self.last_sequence);
+            self.digest_checked(&digest, Some(failure));
+        }
         let checks = [
             ("version", head.version, self.last_sequence),
             (
@@ -402,6 +469,8 @@ impl Verifier {
             entries_checked: self.entries_checked,
             problems: self.problems,
             first_bad_sequence: self.first_bad_sequence,
+            digests_checked: self.digests_checked,
+            digests_failed: self.digests_failed,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+use crate::ledger::chain::Digest;
 use crate::ledger::verify::Report;
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
@@ -186,10 +187,12 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Position>, StoreError>> + Send;
 
     /// Recomputes the offering from its history and compares it with its head and positions,
-    /// all read from one snapshot while writers go on. None when the offering does not exist.
+    /// all read from one snapshot while writers go on, and holds the chain against `digests`
+    /// (earlier digests of this offering). None when the offering does not exist.
     fn verify_offering(
         &self,
         offering_id: &str,
+        digests: &[Digest],
     ) -> impl Future<Output = Result<Option<Report>, StoreError>> + Send;
 
     fn list_history(

@@ -19,6 +19,7 @@ use super::rows::{
     head_columns, into_entries, into_offerings, position_columns,
 };
 use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
+use crate::ledger::chain::Digest;
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
@@ -444,7 +445,11 @@ impl Store for SqliteStore {
         Ok(row.map(Position::from))
     }
 
-    async fn verify_offering(&self, offering_id: &str) -> Result<Option<Report>, StoreError> {
+    async fn verify_offering(
+        &self,
+        offering_id: &str,
+        digests: &[Digest],
+    ) -> Result<Option<Report>, StoreError> {
         // One snapshot for head, history and positions, so that concurrent writes cannot make
         // them disagree; the history streams through in sequence order.
         let mut tx = self.pool.begin_with("BEGIN").await?;
@@ -459,7 +464,7 @@ impl Store for SqliteStore {
         let Some(head) = head.map(Offering::try_from).transpose()? else {
             return Ok(None);
         };
-        let mut verifier = Verifier::new(&head);
+        let mut verifier = Verifier::new(&head, digests);
         {
             let mut rows = sqlx::query_as::<_, EntryRow>(concat!(
                 "SELECT ",

@@ -459,6 +459,7 @@ pub async fn assert_ledger_consistent(
     let verdict = client
         .verify_offering(proto::VerifyOfferingRequest {
             offering_id: offering_id.to_owned(),
+            digest: None,
         })
         .await
         .expect("VerifyOffering")
