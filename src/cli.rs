@@ -1,5 +1,9 @@
-//! Command line: `subledger serve`, `subledger migrate`, `subledger bench`, `subledger token`,
-//! `subledger bench-redis-lock`. Flags fall back to environment variables.
+//! Command line: `subledger serve`, `subledger migrate`, `subledger verify`, `subledger export`,
+//! `subledger bench`, `subledger token`, `subledger bench-redis-lock`. Flags fall back to
+//! environment variables.
+//!
+//! Exit status: 0 done; 1 `verify` checked and found a problem; 2 the command could not do what
+//! it was asked (as for a usage error).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -47,6 +51,12 @@ enum Command {
     Serve(ServeArgs),
     /// Apply pending migrations and exit.
     Migrate(DatabaseArgs),
+    /// Verify offerings offline, straight from the database (every one, or --offering), or an
+    /// export file with no database; exit 0 only if everything holds.
+    Verify(VerifyArgs),
+    /// Write one offering's head, history (with hashes) and positions as JSON lines, for
+    /// `subledger verify --export` on another machine.
+    Export(ExportArgs),
     /// Load a running server (or several replicas) and report throughput and latency.
     Bench(crate::bench::BenchArgs),
     /// Bearer tokens for the auth file.
@@ -112,6 +122,34 @@ struct ServeArgs {
     database: DatabaseArgs,
 }
 
+#[derive(Args)]
+struct VerifyArgs {
+    /// Verify only this offering (repeat for more); default: every offering.
+    #[arg(long = "offering", value_name = "ID")]
+    offerings: Vec<String>,
+    /// Earlier digests to hold the chains against (GetDigest replies as grpcurl prints them, or
+    /// JSON lines); repeat for more files.
+    #[arg(long = "digests", alias = "digest", value_name = "FILE")]
+    digests: Vec<PathBuf>,
+    /// Verify this file, written by `subledger export`, instead of a database.
+    #[arg(long, value_name = "FILE", conflicts_with = "offerings")]
+    export: Option<PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// The offering to export.
+    #[arg(long, value_name = "ID")]
+    offering: String,
+    /// Write here instead of to standard output.
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
 fn parse_role(name: &str) -> Result<Role, String> {
     Role::parse(name)
         .ok_or_else(|| format!("{name:?} is not a role: reader, subscriber or operator"))
@@ -155,6 +193,20 @@ impl DatabaseArgs {
         }
         bail!("database URL {url:?} is neither postgres://... nor sqlite://PATH")
     }
+
+    /// The database, which must already exist: an audit never creates an empty one.
+    fn existing_database(&self) -> anyhow::Result<Database> {
+        let database = self.database()?;
+        if let Database::Sqlite(path) = &database
+            && !path.is_file()
+        {
+            bail!(
+                "no SQLite database at {} (pass --data-dir or --database-url)",
+                path.display()
+            );
+        }
+        Ok(database)
+    }
 }
 
 /// Entry point of the binary: runs the command, prints a failure as one line, sets the exit code.
@@ -169,34 +221,104 @@ pub fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("subledger: error: {error:#}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }
 
-async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs the command; Ok holds the exit status, which only `verify` sets to a failure itself.
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let done = ExitCode::SUCCESS;
     match command {
-        Command::Serve(args) => serve(args).await,
-        Command::Bench(args) => crate::bench::run(args).await,
-        Command::Token(TokenCommand::New { name, roles }) => print_new_token(&name, &roles),
-        Command::BenchRedisLock(args) => crate::bench::redis_lock::run(args).await,
-        Command::Migrate(args) => match args.database()? {
+        Command::Serve(args) => serve(args).await.map(|()| done),
+        Command::Bench(args) => crate::bench::run(args).await.map(|()| done),
+        Command::Token(TokenCommand::New { name, roles }) => {
+            print_new_token(&name, &roles).map(|()| done)
+        }
+        Command::BenchRedisLock(args) => crate::bench::redis_lock::run(args).await.map(|()| done),
+        Command::Migrate(args) => migrate(args).await.map(|()| done),
+        Command::Verify(args) => verify(args).await,
+        Command::Export(args) => export(args).await.map(|()| done),
+    }
+}
+
+async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
+    match args.database()? {
+        Database::Postgres(url) => {
+            open_postgres(&url, args.max_connections).await?;
+            tracing::info!(backend = "postgres", database = %describe_pg(&url), "migrations applied");
+        }
+        Database::Sqlite(path) => {
+            open_sqlite(&path).await?;
+            tracing::info!(backend = "sqlite", path = %path.display(), "migrations applied");
+        }
+    }
+    Ok(())
+}
+
+/// `subledger verify`: prints one line per failed offering, then the summary.
+async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let mut digests = Vec::new();
+    for path in &args.digests {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        digests.extend(
+            crate::audit::digests::parse(&text)
+                .with_context(|| format!("in {}", path.display()))?,
+        );
+    }
+    let mut out = std::io::stdout().lock();
+    let summary = match &args.export {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            crate::audit::verify_export(&text, &digests, &mut out)
+                .with_context(|| format!("{} is not an export", path.display()))?
+        }
+        None => match args.database.existing_database()? {
             Database::Postgres(url) => {
-                let store = open_postgres(&url, args.max_connections).await?;
-                tracing::info!(backend = "postgres", database = %describe_pg(&url), "migrations applied");
-                drop(store);
-                Ok(())
+                let store = connect_postgres(&url, args.database.max_connections).await?;
+                crate::audit::verify_database(&store, &args.offerings, digests, &mut out).await?
             }
             Database::Sqlite(path) => {
-                open_sqlite(&path).await?;
-                tracing::info!(backend = "sqlite", path = %path.display(), "migrations applied");
-                Ok(())
+                let store = connect_sqlite(&path).await?;
+                crate::audit::verify_database(&store, &args.offerings, digests, &mut out).await?
             }
         },
-    }
+    };
+    use std::io::Write as _;
+    writeln!(out, "{summary}")?;
+    Ok(if summary.holds() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `subledger export`: the file to stdout or --output.
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let out: Box<dyn std::io::Write + Send> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    let lines = match args.database.existing_database()? {
+        Database::Postgres(url) => {
+            let store = connect_postgres(&url, args.database.max_connections).await?;
+            crate::audit::export(&store, &args.offering, out).await?
+        }
+        Database::Sqlite(path) => {
+            let store = connect_sqlite(&path).await?;
+            crate::audit::export(&store, &args.offering, out).await?
+        }
+    };
+    tracing::info!(offering_id = %args.offering, lines, "exported");
+    Ok(())
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -332,14 +454,26 @@ fn print_new_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {
 
 /// Connects and applies pending migrations.
 pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
-    let store = PgStore::connect(url, max_connections)
-        .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", describe_pg(url)))?;
+    let store = connect_postgres(url, max_connections).await?;
     store
         .migrate()
         .await
         .context("cannot apply PostgreSQL migrations")?;
     Ok(store)
+}
+
+/// Connects and changes nothing: an audit reads the database as it is.
+async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
+    PgStore::connect(url, max_connections)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", describe_pg(url)))
+}
+
+/// Opens an existing file and changes nothing: an audit reads the database as it is.
+async fn connect_sqlite(path: &Path) -> anyhow::Result<SqliteStore> {
+    SqliteStore::open(path)
+        .await
+        .with_context(|| format!("cannot open SQLite database {}", path.display()))
 }
 
 /// Opens (creating it and its folder if missing) and applies pending migrations.

@@ -334,10 +334,8 @@ mod tests {
     use tokio::sync::{Semaphore, broadcast};
 
     use super::*;
-    use crate::ledger::chain::Digest;
-    use crate::ledger::verify::Report;
     use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
-    use crate::store::{Change, HistoryQuery};
+    use crate::store::{Change, HistoryQuery, SnapshotReader};
 
     /// What the fake store's next transaction does, if not the usual.
     enum Step {
@@ -414,12 +412,12 @@ mod tests {
             Ok(None)
         }
 
-        async fn verify_offering(
+        async fn read_snapshot<R: SnapshotReader>(
             &self,
             _: &str,
-            _: &[Digest],
-        ) -> Result<Option<Report>, StoreError> {
-            Ok(None)
+            _: &mut R,
+        ) -> Result<bool, StoreError> {
+            Ok(false)
         }
 
         async fn list_history(&self, _: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {

@@ -8,9 +8,11 @@
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
 //!
-//! [`cli`] and [`server`] wire them together, [`bench`] loads a running server; `main.rs` only calls [`cli::run`].
+//! [`cli`] and [`server`] wire them together, [`bench`] loads a running server, [`audit`] verifies
+//! a database or an export offline; `main.rs` only calls [`cli::run`].
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod cli;
 pub mod duration;

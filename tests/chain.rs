@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::tamper::{PgBypass, UNITS_REWRITTEN, rehash_from_the_history, tamper};
 use common::{
     Backend, TestDb, assert_invalid, assert_ledger_consistent, assert_status, offering, subscribe,
 };
@@ -71,51 +72,6 @@ fn assert_chain_breaks_at(verdict: &proto::VerifyOfferingResponse, sequence: i64
         "{:?}",
         verdict.problems
     );
-}
-
-/// Bob's 5 units become 4 in his entry (sequence 3), in carol's running total after it, in his
-/// position and in the head: every total agrees. Before the hash chain, VerifyOffering said ok
-/// to exactly this.
-const UNITS_REWRITTEN: [&str; 4] = [
-    "UPDATE history_entry SET units_delta = 4, investor_units_after = 4, offering_units_after = 14 \
-     WHERE offering_id = 'deal' AND sequence = 3",
-    "UPDATE history_entry SET offering_units_after = 17 WHERE offering_id = 'deal' AND sequence = 4",
-    "UPDATE investor_position SET units = 4 WHERE offering_id = 'deal' AND investor_id = 'bob'",
-    "UPDATE offering_head SET subscribed_units = 17 WHERE offering_id = 'deal'",
-];
-
-/// Runs `tampering` as a superuser would: past the append-only triggers. `bypass` picks how on
-/// PostgreSQL (SQLite has one way: drop the triggers).
-async fn tamper(db: &TestDb, bypass: PgBypass, tampering: &[&str]) {
-    let (before, after): (Vec<&str>, Vec<&str>) = match (db.backend, bypass) {
-        (Backend::Postgres, PgBypass::DisableTrigger) => (
-            vec!["ALTER TABLE history_entry DISABLE TRIGGER history_entry_no_update_delete"],
-            vec!["ALTER TABLE history_entry ENABLE TRIGGER history_entry_no_update_delete"],
-        ),
-        // Ordinary triggers do not fire for a session in replica mode.
-        (Backend::Postgres, PgBypass::ReplicationRole) => {
-            (vec!["SET session_replication_role = replica"], vec![])
-        }
-        (Backend::Sqlite, _) => (
-            vec![
-                "DROP TRIGGER IF EXISTS history_entry_no_update",
-                "DROP TRIGGER IF EXISTS history_entry_no_delete",
-            ],
-            vec![],
-        ),
-    };
-    let statements: Vec<&str> = before
-        .into_iter()
-        .chain(tampering.iter().copied())
-        .chain(after)
-        .collect();
-    db.execute_sql_on_one_connection(&statements).await.unwrap();
-}
-
-#[derive(Clone, Copy)]
-enum PgBypass {
-    DisableTrigger,
-    ReplicationRole,
 }
 
 async fn rewritten_units_are_found_at_their_sequence(db: TestDb) {
@@ -419,22 +375,7 @@ async fn a_rehashed_edit_is_caught_only_against_an_earlier_digest(db: TestDb) {
     let before_the_edit = digest(&mut client).await;
 
     tamper(&db, PgBypass::DisableTrigger, &UNITS_REWRITTEN).await;
-    let mut previous = [0u8; 32];
-    let mut rehash = Vec::new();
-    for entry in common::full_history(&mut client, "deal").await {
-        previous = common::recompute_entry_hash(&previous, &entry);
-        rehash.push(format!(
-            "UPDATE history_entry SET entry_hash = {} WHERE offering_id = 'deal' AND sequence = {}",
-            bytes_literal(db.backend, &previous),
-            entry.sequence
-        ));
-    }
-    rehash.push(format!(
-        "UPDATE offering_head SET last_hash = {} WHERE offering_id = 'deal'",
-        bytes_literal(db.backend, &previous)
-    ));
-    let rehash: Vec<&str> = rehash.iter().map(String::as_str).collect();
-    tamper(&db, PgBypass::DisableTrigger, &rehash).await;
+    rehash_from_the_history(&db, &mut client, "deal").await;
 
     let alone = verify(&mut client).await;
     assert!(
@@ -459,15 +400,6 @@ async fn a_rehashed_edit_is_caught_only_against_an_earlier_digest(db: TestDb) {
         "{:?}",
         verdict.problems
     );
-}
-
-/// A BYTEA or BLOB literal.
-fn bytes_literal(backend: Backend, bytes: &[u8]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    match backend {
-        Backend::Postgres => format!("'\\x{hex}'::bytea"),
-        Backend::Sqlite => format!("X'{hex}'"),
-    }
 }
 
 backend_tests!(

@@ -36,6 +36,12 @@ impl OfferingStatus {
             Self::Allocated => "ALLOCATED",
         }
     }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=4)
+            .filter_map(Self::from_code)
+            .find(|s| s.name() == name)
+    }
 }
 
 /// How an offering turns subscriptions into units.
@@ -54,6 +60,20 @@ impl Allocation {
             2 => Some(Self::ProRata),
             _ => None,
         }
+    }
+
+    /// The proto enum value's name without its ALLOCATION_ prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FirstCome => "FIRST_COME",
+            Self::ProRata => "PRO_RATA",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=2)
+            .filter_map(Self::from_code)
+            .find(|a| a.name() == name)
     }
 }
 
@@ -82,6 +102,25 @@ impl EntryKind {
             7 => Some(Self::OfferingAmended),
             _ => None,
         }
+    }
+
+    /// The proto enum value's name without its ENTRY_KIND_ prefix.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OfferingCreated => "OFFERING_CREATED",
+            Self::Subscribed => "SUBSCRIBED",
+            Self::Cancelled => "CANCELLED",
+            Self::OfferingClosed => "OFFERING_CLOSED",
+            Self::OfferingFinalized => "OFFERING_FINALIZED",
+            Self::Allocated => "ALLOCATED",
+            Self::OfferingAmended => "OFFERING_AMENDED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        (1..=7)
+            .filter_map(Self::from_code)
+            .find(|k| k.name() == name)
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use crate::ledger::chain::Digest;
-use crate::ledger::verify::Report;
+use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
@@ -147,6 +147,65 @@ impl<'a> HistoryQuery<'a> {
     }
 }
 
+/// Receives one snapshot of an offering (`Store::read_snapshot`), in this order.
+pub trait SnapshotReader: Send {
+    fn head(&mut self, head: &Offering);
+    /// Called for every entry, in sequence order.
+    fn entry(&mut self, entry: &Entry);
+    /// Every position row of the offering, by investor_id.
+    fn positions(&mut self, positions: Vec<Position>);
+}
+
+/// VerifyOffering as a snapshot reader: the verifier starts at the head and finishes with the
+/// positions.
+pub enum Verification<'a> {
+    Waiting { digests: &'a [Digest] },
+    Checking(Box<(Offering, Verifier)>),
+    Done { offering_id: String, report: Report },
+}
+
+impl<'a> Verification<'a> {
+    /// A verification that will hold the chain against `digests`.
+    pub fn new(digests: &'a [Digest]) -> Self {
+        Self::Waiting { digests }
+    }
+
+    /// The offering verified and the report, once the whole snapshot was read.
+    pub fn into_report(self) -> Option<(String, Report)> {
+        match self {
+            Self::Done {
+                offering_id,
+                report,
+            } => Some((offering_id, report)),
+            _ => None,
+        }
+    }
+}
+
+impl SnapshotReader for Verification<'_> {
+    fn head(&mut self, head: &Offering) {
+        if let Self::Waiting { digests } = self {
+            *self = Self::Checking(Box::new((head.clone(), Verifier::new(head, digests))));
+        }
+    }
+
+    fn entry(&mut self, entry: &Entry) {
+        if let Self::Checking(checking) = self {
+            checking.1.check_entry(entry);
+        }
+    }
+
+    fn positions(&mut self, positions: Vec<Position>) {
+        if let Self::Checking(checking) = std::mem::replace(self, Self::Waiting { digests: &[] }) {
+            let (head, verifier) = *checking;
+            *self = Self::Done {
+                report: verifier.finish(&head, &positions),
+                offering_id: head.offering_id,
+            };
+        }
+    }
+}
+
 /// The storage a subledger server runs on.
 pub trait Store: Clone + Send + Sync + 'static {
     /// Answers when the database does (health checks).
@@ -186,14 +245,30 @@ pub trait Store: Clone + Send + Sync + 'static {
         investor_id: &str,
     ) -> impl Future<Output = Result<Option<Position>, StoreError>> + Send;
 
-    /// Recomputes the offering from its history and compares it with its head and positions,
-    /// all read from one snapshot while writers go on, and holds the chain against `digests`
-    /// (earlier digests of this offering). None when the offering does not exist.
+    /// Hands `reader` the offering's head, then every history entry in sequence order, then its
+    /// position rows, all from ONE snapshot while writers go on, so that no concurrent write
+    /// can make them disagree; the history streams through, so any length reads in bounded
+    /// memory. False (and nothing read) when the offering does not exist.
+    fn read_snapshot<R: SnapshotReader>(
+        &self,
+        offering_id: &str,
+        reader: &mut R,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Recomputes the offering from one snapshot of its history and compares it with its head
+    /// and positions, and holds the chain against `digests` (earlier digests of this
+    /// offering). None when the offering does not exist.
     fn verify_offering(
         &self,
         offering_id: &str,
         digests: &[Digest],
-    ) -> impl Future<Output = Result<Option<Report>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<Report>, StoreError>> + Send {
+        async move {
+            let mut verification = Verification::new(digests);
+            self.read_snapshot(offering_id, &mut verification).await?;
+            Ok(verification.into_report().map(|(_, report)| report))
+        }
+    }
 
     fn list_history(
         &self,

@@ -20,9 +20,9 @@ use super::rows::{
     EntryRow, HeadRow, PositionRow, bind_entry, bind_head, entry_columns, head_columns,
     into_entries, into_offerings, position_columns,
 };
-use super::{CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, Store, StoreError};
-use crate::ledger::chain::Digest;
-use crate::ledger::verify::{Report, Verifier};
+use super::{
+    CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, SnapshotReader, Store, StoreError,
+};
 use crate::ledger::{
     self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
     Position, Rejection, Results, Timestamp, check_create,
@@ -570,13 +570,11 @@ impl Store for PgStore {
         Ok(row.map(Position::from))
     }
 
-    async fn verify_offering(
+    async fn read_snapshot<R: SnapshotReader>(
         &self,
         offering_id: &str,
-        digests: &[Digest],
-    ) -> Result<Option<Report>, StoreError> {
-        // One snapshot for head, history and positions, so that concurrent writes cannot make
-        // them disagree; the history streams through in sequence order.
+        reader: &mut R,
+    ) -> Result<bool, StoreError> {
         let mut tx = self
             .pool
             .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -590,9 +588,9 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(head) = head.map(Offering::try_from).transpose()? else {
-            return Ok(None);
+            return Ok(false);
         };
-        let mut verifier = Verifier::new(&head, digests);
+        reader.head(&head);
         {
             let mut rows = sqlx::query_as::<_, EntryRow>(concat!(
                 "SELECT ",
@@ -602,20 +600,20 @@ impl Store for PgStore {
             .bind(offering_id)
             .fetch(&mut *tx);
             while let Some(row) = rows.try_next().await? {
-                verifier.check_entry(&row.try_into()?);
+                reader.entry(&row.try_into()?);
             }
         }
         let positions: Vec<PositionRow> = sqlx::query_as(concat!(
             "SELECT ",
             position_columns!(),
-            " FROM investor_position WHERE offering_id = $1"
+            " FROM investor_position WHERE offering_id = $1 ORDER BY investor_id"
         ))
         .bind(offering_id)
         .fetch_all(&mut *tx)
         .await?;
         tx.rollback().await?;
-        let positions: Vec<Position> = positions.into_iter().map(Position::from).collect();
-        Ok(Some(verifier.finish(&head, &positions)))
+        reader.positions(positions.into_iter().map(Position::from).collect());
+        Ok(true)
     }
 
     async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {

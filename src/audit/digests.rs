@@ -1,0 +1,121 @@
+//! The digests file of `subledger verify --digests`: earlier GetDigest replies, kept outside
+//! subledger, one JSON object after another.
+//!
+//! Two spellings are read, so that a digest can be kept however it was taken:
+//! - what grpcurl prints for GetDigest (camelCase names, int64 as a string, the hash in base64,
+//!   pretty-printed over several lines: appending grpcurl's output to a file is enough);
+//! - JSON lines in the export's spelling (snake_case, the hash in hex).
+
+use anyhow::{Context, anyhow};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+use super::export::{parse_hash, parse_time};
+use crate::ledger::chain::{Digest, Hash};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DigestText {
+    #[serde(alias = "offeringId")]
+    offering_id: String,
+    sequence: Sequence,
+    #[serde(alias = "entryHash")]
+    entry_hash: String,
+    #[serde(alias = "recordTime", default)]
+    record_time: Option<String>,
+}
+
+/// proto3 JSON writes int64 as a string; JSON lines may write a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Sequence {
+    Number(i64),
+    Text(String),
+}
+
+/// Every digest in `text`, in the order written; the error names the digest that is not one.
+pub fn parse(text: &str) -> anyhow::Result<Vec<Digest>> {
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<DigestText>()
+        .enumerate()
+        .map(|(index, digest)| {
+            let number = index + 1;
+            digest
+                .map_err(anyhow::Error::from)
+                .and_then(DigestText::parse)
+                .with_context(|| format!("digest {number}"))
+        })
+        .collect()
+}
+
+impl DigestText {
+    fn parse(self) -> anyhow::Result<Digest> {
+        let sequence = match self.sequence {
+            Sequence::Number(n) => n,
+            Sequence::Text(text) => text
+                .parse()
+                .map_err(|_| anyhow!("sequence {text:?} is not a number"))?,
+        };
+        if sequence < 1 {
+            return Err(anyhow!("sequence {sequence} is below 1"));
+        }
+        Ok(Digest {
+            offering_id: self.offering_id,
+            sequence,
+            entry_hash: hash(&self.entry_hash)?,
+            record_time: self
+                .record_time
+                .map(|text| parse_time("record_time", &text))
+                .transpose()?,
+        })
+    }
+}
+
+/// 64 hex digits, or the 44 characters of base64 that proto3 JSON writes for 32 bytes.
+fn hash(text: &str) -> anyhow::Result<Hash> {
+    if text.len() == 64 {
+        return parse_hash("entry_hash", text);
+    }
+    STANDARD
+        .decode(text)
+        .ok()
+        .and_then(|bytes| Hash::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| {
+            anyhow!("entry_hash {text:?} is neither 64 hex digits nor 32 bytes of base64")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpcurl_output_and_json_lines_alike() {
+        let grpcurl = r#"{
+  "offeringId": "deal",
+  "sequence": "4",
+  "entryHash": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+  "recordTime": "2026-11-26T12:00:00.123456Z"
+}
+"#;
+        let line = r#"{"offering_id":"deal","sequence":4,"entry_hash":"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"}"#;
+        let digests = parse(&format!("{grpcurl}{line}\n")).unwrap();
+        assert_eq!(digests.len(), 2);
+        assert_eq!(digests[0].entry_hash, digests[1].entry_hash);
+        assert_eq!(digests[0].entry_hash[31], 31);
+        assert_eq!(digests[0].sequence, 4);
+        assert!(digests[0].record_time.is_some() && digests[1].record_time.is_none());
+    }
+
+    #[test]
+    fn a_bad_digest_is_named() {
+        let error = parse(r#"{"offering_id":"a","sequence":1,"entry_hash":"00"}"#).unwrap_err();
+        assert!(
+            format!("{error:#}").starts_with("digest 1: entry_hash"),
+            "{error:#}"
+        );
+        assert!(parse(r#"{"offering_id":"a","sequence":0,"entry_hash":""}"#).is_err());
+        assert!(parse(r#"{"offering_id":"a","sequence":1,"entryHash":"x","extra":1}"#).is_err());
+    }
+}
