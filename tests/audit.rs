@@ -186,7 +186,7 @@ async fn an_export_verifies_alone_and_fails_with_one_byte_changed(db: TestDb) {
     assert_eq!(code, 0, "{out}");
     assert_eq!(
         summary(&out),
-        "OK: 1 offerings, 4 entries, 1 digests checked; 0 offerings failed, 0 digests not matched"
+        "OK: 1 offering, 4 entries, 1 digest checked; 0 offerings failed, 0 digests not matched"
     );
 
     // One byte: carol's 3 units become 2 in her entry.

@@ -80,15 +80,19 @@ impl Summary {
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = |n: u64, one: &str, many: &str| match n {
+            1 => format!("1 {one}"),
+            n => format!("{n} {many}"),
+        };
         write!(
             f,
-            "{}: {} offerings, {} entries, {} digests checked; {} offerings failed, {} digests not matched",
+            "{}: {}, {}, {} checked; {} failed, {} not matched",
             if self.holds() { "OK" } else { "FAILED" },
-            self.offerings,
-            self.entries,
-            self.digests_checked,
-            self.offerings_failed,
-            self.digests_failed
+            count(self.offerings, "offering", "offerings"),
+            count(self.entries as u64, "entry", "entries"),
+            count(self.digests_checked as u64, "digest", "digests"),
+            count(self.offerings_failed, "offering", "offerings"),
+            count(self.digests_failed as u64, "digest", "digests"),
         )
     }
 }
