@@ -1,9 +1,11 @@
 //! PostgreSQL backend: several replicas on one database.
 //!
 //! Writers of one offering serialize on its head row (SELECT ... FOR UPDATE), always taken
-//! first, so there is no lock-order deadlock. While it is held a batch costs four round trips:
-//! lock the head, read positions, read earlier entries of its request_ids, write everything in one
-//! statement; then COMMIT. Commits send a NOTIFY so that watchers on every replica wake up.
+//! first, so there is no lock-order deadlock. A batch costs four round trips: BEGIN; lock the
+//! heads and read the positions in one statement; write everything in one statement; COMMIT.
+//! Contention adds one (the positions read again after the lock), a replayed request_id or a
+//! refusal another (the earlier entries of the batch's request_ids). Commits send a NOTIFY so
+//! that watchers on every replica wake up.
 
 use std::sync::Arc;
 use std::time::Duration;
