@@ -297,3 +297,218 @@ async fn next_tick(poll: &mut Option<Interval>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::ledger::verify::Report;
+    use crate::ledger::{
+        CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
+    };
+    use crate::store::{PoolStats, StoreError};
+
+    /// A store of history alone: entries appended by the test, announced (or not) by the test,
+    /// and every history read counted.
+    #[derive(Clone)]
+    struct HistoryStore {
+        entries: Arc<Mutex<Vec<Entry>>>,
+        reads: Arc<AtomicUsize>,
+        changes: broadcast::Sender<Change>,
+    }
+
+    impl HistoryStore {
+        fn new() -> Self {
+            Self {
+                entries: Arc::default(),
+                reads: Arc::default(),
+                changes: broadcast::channel(16).0,
+            }
+        }
+
+        /// Appends the offering's next entry; returns its sequence.
+        fn append(&self, offering_id: &str) -> i64 {
+            let mut entries = self.entries.lock().unwrap();
+            let sequence = 1 + entries
+                .iter()
+                .filter(|e| e.offering_id == offering_id)
+                .count() as i64;
+            entries.push(Entry {
+                offering_id: offering_id.to_owned(),
+                sequence,
+                kind: EntryKind::Subscribed,
+                investor_id: "alice".into(),
+                units_delta: 1,
+                investor_units_after: sequence,
+                offering_units_after: sequence,
+                request_id: format!("r{sequence}"),
+                requested_units: 1,
+                expected_version: 0,
+                record_time: chrono::DateTime::UNIX_EPOCH,
+                actor: "test".into(),
+                demand_delta: 0,
+                investor_demand_after: 0,
+                offering_demand_after: 0,
+                terms_before: None,
+                terms_after: None,
+                entry_hash: [0; 32],
+            });
+            sequence
+        }
+
+        fn announce(&self, offering_id: &str, version: i64) {
+            let change = Change::Committed {
+                offering_id: offering_id.into(),
+                version,
+            };
+            self.changes.send(change).unwrap();
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Store for HistoryStore {
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn create_offering(
+            &self,
+            _: &NewOffering,
+        ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
+            unreachable!("watching never creates")
+        }
+
+        async fn apply(&self, _: &[OfferingRequests]) -> Result<Results, StoreError> {
+            unreachable!("watching never writes")
+        }
+
+        async fn get_offering(&self, _: &str) -> Result<Option<Offering>, StoreError> {
+            unreachable!("PostgreSQL-like: no head polls")
+        }
+
+        async fn list_offerings(
+            &self,
+            _: Option<&str>,
+            _: u32,
+        ) -> Result<Vec<Offering>, StoreError> {
+            unreachable!()
+        }
+
+        async fn get_position(&self, _: &str, _: &str) -> Result<Option<Position>, StoreError> {
+            unreachable!()
+        }
+
+        async fn verify_offering(&self, _: &str) -> Result<Option<Report>, StoreError> {
+            unreachable!()
+        }
+
+        async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let entries = self.entries.lock().unwrap();
+            Ok(entries
+                .iter()
+                .filter(|e| e.offering_id == query.offering_id)
+                .filter(|e| e.sequence > query.after_sequence)
+                .take(query.limit as usize)
+                .cloned()
+                .collect())
+        }
+
+        fn changes(&self) -> broadcast::Receiver<Change> {
+            self.changes.subscribe()
+        }
+
+        fn unannounced_commits_poll(&self) -> Option<Duration> {
+            None
+        }
+
+        fn pool_stats(&self) -> PoolStats {
+            PoolStats {
+                size: 0,
+                idle: 0,
+                max: 0,
+            }
+        }
+    }
+
+    /// The next entry's sequence a follower receives.
+    async fn next_sequence(following: &mut Following) -> i64 {
+        let fed = tokio::time::timeout(Duration::from_secs(5), following.entries.recv())
+            .await
+            .expect("an entry in time")
+            .expect("the feed is open");
+        match fed {
+            Fed::Entry(entry) => entry.message.sequence,
+            Fed::Failed(status) => panic!("read failed: {status:?}"),
+        }
+    }
+
+    /// Lets the dispatcher and the readers run what is ready.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn followers_share_one_read_per_commit_and_none_while_idle() {
+        let store = HistoryStore::new();
+        store.append("deal");
+        let hub = WatchHub::new(store.clone());
+        let mut followers: Vec<Following> = (0..100).map(|_| hub.follow("deal", 1)).collect();
+        settle().await;
+        assert_eq!(store.reads(), 0, "nothing read before a commit");
+
+        let sequence = store.append("deal");
+        // PostgreSQL announces a commit twice: from the writing process, and by NOTIFY.
+        store.announce("deal", sequence);
+        store.announce("deal", sequence);
+        for following in &mut followers {
+            assert_eq!(next_sequence(following).await, 2);
+        }
+        settle().await;
+        assert_eq!(
+            store.reads(),
+            1,
+            "one read for 100 followers and two announcements"
+        );
+    }
+
+    #[tokio::test]
+    async fn missed_announcements_make_every_reader_read_once() {
+        let store = HistoryStore::new();
+        store.append("a");
+        store.append("b");
+        let hub = WatchHub::new(store.clone());
+        let mut a = hub.follow("a", 1);
+        let mut b = hub.follow("b", 1);
+        // Committed while the listener was down: never announced.
+        store.append("a");
+        store.append("b");
+        store.changes.send(Change::Missed).unwrap();
+        assert_eq!(next_sequence(&mut a).await, 2);
+        assert_eq!(next_sequence(&mut b).await, 2);
+        settle().await;
+        assert_eq!(store.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_reader_leaves_with_its_last_follower() {
+        let store = HistoryStore::new();
+        store.append("deal");
+        let hub = WatchHub::new(store.clone());
+        let first = hub.follow("deal", 1);
+        let second = hub.follow("deal", 1);
+        drop(first);
+        assert_eq!(lock(&hub.feeds)["deal"].followers, 1);
+        drop(second);
+        assert!(lock(&hub.feeds).is_empty());
+        // A stopped reader reads nothing more.
+        let sequence = store.append("deal");
+        store.announce("deal", sequence);
+        settle().await;
+        assert_eq!(store.reads(), 0);
+    }
+}
