@@ -288,8 +288,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scrape = async || match &args.metrics_url {
-        Some(url) => watch::scrape_reads_and_commits(url).await.map(Some),
+        Some(url) => watch::scrape_server_reads(url).await.map(Some),
         None => Ok(None),
+    };
+    // Open streams and nothing committed: what do they read?
+    let idle_reads = match (&watchers, scrape().await?) {
+        (Some(_), Some(before)) => {
+            tokio::time::sleep(watch::IDLE).await;
+            scrape()
+                .await?
+                .map(|after| (after - before).history_reads())
+        }
+        _ => None,
     };
     let metrics_before = scrape().await?;
 
@@ -333,9 +343,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         Some(watchers) => {
             let last_sequences = watch::finalize(&clients[0], &plan.offering_ids).await?;
             let mut report = watchers.finish(&last_sequences).await;
+            report.idle_reads = idle_reads;
             if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
-                report.watch_reads = Some(after.0 - before.0);
-                report.commits = Some(after.1 - before.1);
+                report.server = Some(after - before);
             }
             Some(report)
         }

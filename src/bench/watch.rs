@@ -21,6 +21,8 @@ pub const STREAMS_PER_CONNECTION: usize = 200;
 const OPENING_AT_ONCE: usize = 256;
 /// How long the streams may take to be open, and to deliver the last entries after the load.
 const SETTLE_WAIT: Duration = Duration::from_secs(120);
+/// How long the open streams are left idle, before the load, to count what they read then.
+pub const IDLE: Duration = Duration::from_secs(2);
 
 /// What one stream received.
 struct Received {
@@ -45,10 +47,42 @@ pub struct WatchReport {
     pub entries_expected: u64,
     /// Streams that did not receive exactly 1..=last of their offering, in order: must be 0.
     pub mismatches: usize,
-    /// From --metrics-url, over the load: the server's WatchHistory history reads and its
-    /// group-commit transactions.
-    pub watch_reads: Option<f64>,
-    pub commits: Option<f64>,
+    /// From --metrics-url: history reads in IDLE with the streams open and nothing committed.
+    pub idle_reads: Option<f64>,
+    /// From --metrics-url, over the load.
+    pub server: Option<ServerReads>,
+}
+
+/// What the server read for the streams during the load, and what it committed.
+#[derive(Clone, Copy, Serialize)]
+pub struct ServerReads {
+    /// History reads by the offerings' shared readers.
+    pub shared_reads: f64,
+    /// History reads by streams catching up on their own (fallen behind).
+    pub stream_reads: f64,
+    /// Group-commit transactions.
+    pub transactions: f64,
+    /// Offerings committed, summed over the transactions (one transaction may carry several).
+    pub offering_commits: f64,
+}
+
+impl ServerReads {
+    pub fn history_reads(&self) -> f64 {
+        self.shared_reads + self.stream_reads
+    }
+}
+
+impl std::ops::Sub for ServerReads {
+    type Output = Self;
+
+    fn sub(self, before: Self) -> Self {
+        Self {
+            shared_reads: self.shared_reads - before.shared_reads,
+            stream_reads: self.stream_reads - before.stream_reads,
+            transactions: self.transactions - before.transactions,
+            offering_commits: self.offering_commits - before.offering_commits,
+        }
+    }
 }
 
 impl WatchReport {
@@ -62,10 +96,21 @@ impl WatchReport {
             "watchers={} on {} connections: {} of {} entries delivered, {verdict}",
             self.watchers, self.connections, self.entries_delivered, self.entries_expected
         );
-        if let (Some(reads), Some(commits)) = (self.watch_reads, self.commits) {
+        if let Some(reads) = self.idle_reads {
             println!(
-                "server watch reads during the load: {reads:.0} for {commits:.0} commits ({:.2} per commit)",
-                reads / commits.max(1.0)
+                "server history reads in {IDLE:?} with the streams open and nothing committed: {reads:.0}"
+            );
+        }
+        if let Some(r) = &self.server {
+            println!(
+                "server history reads for the streams during the load: {:.0} shared + {:.0} by streams catching up, \
+                 for {:.0} transactions committing {:.0} offerings: {:.2} shared reads per offering committed, {:.2} reads in all per transaction",
+                r.shared_reads,
+                r.stream_reads,
+                r.transactions,
+                r.offering_commits,
+                r.shared_reads / r.offering_commits.max(1.0),
+                r.history_reads() / r.transactions.max(1.0)
             );
         }
     }
@@ -128,8 +173,8 @@ impl Watchers {
             entries_delivered: 0,
             entries_expected: 0,
             mismatches: 0,
-            watch_reads: None,
-            commits: None,
+            idle_reads: None,
+            server: None,
         };
         let deadline = tokio::time::Instant::now() + SETTLE_WAIT;
         for (offering, task) in self.streams {
@@ -215,27 +260,28 @@ pub async fn finalize(client: &Client, offering_ids: &[String]) -> anyhow::Resul
     Ok(last_sequences)
 }
 
-/// The server's WatchHistory history reads and group-commit transactions so far, from its
-/// /metrics (http://host:port/metrics).
-pub async fn scrape_reads_and_commits(metrics_url: &str) -> anyhow::Result<(f64, f64)> {
+/// The server's WatchHistory history reads and commits so far, from its /metrics
+/// (http://host:port/metrics).
+pub async fn scrape_server_reads(metrics_url: &str) -> anyhow::Result<ServerReads> {
+    use crate::telemetry::metrics::{COMMIT_OFFERINGS, WATCH_READS};
     let text = http_get(metrics_url).await?;
-    let total = |metric: &str| -> f64 {
+    // The sum of a metric's samples whose labels include `label` (Prometheus text format).
+    let total = |metric: &str, label: &str| -> f64 {
         text.lines()
             .filter(|line| !line.starts_with('#'))
             .filter_map(|line| {
-                let (name, value) = line.rsplit_once(' ')?;
-                let name = name.split('{').next()?;
-                (name == metric).then(|| value.parse::<f64>().ok())?
+                let (series, value) = line.rsplit_once(' ')?;
+                let name = series.split('{').next()?;
+                (name == metric && series.contains(label)).then(|| value.parse::<f64>().ok())?
             })
             .sum()
     };
-    Ok((
-        total(crate::telemetry::metrics::WATCH_READS),
-        total(&format!(
-            "{}_count",
-            crate::telemetry::metrics::COMMIT_REQUESTS
-        )),
-    ))
+    Ok(ServerReads {
+        shared_reads: total(WATCH_READS, "reader=\"shared\""),
+        stream_reads: total(WATCH_READS, "reader=\"stream\""),
+        transactions: total(&format!("{COMMIT_OFFERINGS}_count"), ""),
+        offering_commits: total(&format!("{COMMIT_OFFERINGS}_sum"), ""),
+    })
 }
 
 /// A plain HTTP/1.1 GET of the body at `url`: all /metrics needs.
