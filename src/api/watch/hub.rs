@@ -67,7 +67,8 @@ struct Feed {
     entries: broadcast::Sender<Fed>,
     /// The highest version announced: the reader reads when it is past what it has read.
     announced_version: AtomicI64,
-    /// Set when announcements may have been lost: the reader reads whatever was announced.
+    /// Set when announcements may have been lost: the reader reads even if no version past
+    /// its own was announced.
     reread: AtomicBool,
     /// Keeps one wake-up for a reader busy reading, so that none is lost.
     wake: Notify,
