@@ -428,6 +428,10 @@ mod tests {
             broadcast::channel(1).1
         }
 
+        fn unannounced_commits_poll(&self) -> Option<std::time::Duration> {
+            None
+        }
+
         fn pool_stats(&self) -> crate::store::PoolStats {
             crate::store::PoolStats {
                 size: 0,

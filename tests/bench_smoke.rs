@@ -8,7 +8,8 @@ use common::TestDb;
 async fn bench_scenarios_run_and_verify(db: TestDb) {
     let server = db.start_server().await;
     let target = format!("http://{}", server.address);
-    for scenario in ["hot", "spread", "mixed", "sellout"] {
+    for scenario in ["hot", "spread", "mixed", "sellout", "watch"] {
+        let watchers = if scenario == "watch" { "50" } else { "0" };
         let args = [
             "bench",
             "--target",
@@ -23,6 +24,8 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
             "20",
             "--sellout-units",
             "150",
+            "--watchers",
+            watchers,
             "--json",
         ];
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
@@ -41,6 +44,13 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
         assert_eq!(report["verify_failures"].as_array().unwrap().len(), 0);
         let codes = report["codes"].as_object().unwrap();
         match scenario {
+            "watch" => {
+                assert_eq!(codes.get("Ok").and_then(|n| n.as_u64()), Some(400));
+                let watch = &report["watch"];
+                assert_eq!(watch["watchers"], 50, "{report}");
+                assert_eq!(watch["mismatches"], 0, "{report}");
+                assert_eq!(watch["entries_delivered"], watch["entries_expected"]);
+            }
             "hot" | "spread" => assert_eq!(
                 codes.get("Ok").and_then(|n| n.as_u64()),
                 Some(400),

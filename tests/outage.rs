@@ -1,6 +1,7 @@
 //! The database going away and coming back (PostgreSQL, through a TCP proxy the test cuts):
 //! calls answer UNAVAILABLE, never INTERNAL; health turns NOT_SERVING; both recover, and a
-//! retry with the same request_id then applies once.
+//! retry with the same request_id then applies once. A watch stream gets the entries whose
+//! notifications were lost while the replica's change listener was cut off.
 
 mod common;
 
@@ -9,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Backend, TestDb, assert_ledger_consistent, assert_status, offering, subscribe};
+use common::{
+    Backend, TestDb, Watching, assert_ledger_consistent, assert_status, offering, subscribe,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -88,11 +91,8 @@ async fn wait_for_health(address: SocketAddr, wanted: ServingStatus) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn postgres_outage_answers_unavailable_and_recovers() {
-    let Some(db) = TestDb::new(Backend::Postgres).await else {
-        return;
-    };
+/// A proxy in front of the test's PostgreSQL, and the database URL through it.
+async fn proxied(db: &TestDb) -> (Proxy, String) {
     let options: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
     let upstream_host_port = format!("{}:{}", options.get_host(), options.get_port());
     let upstream: SocketAddr = tokio::net::lookup_host(&upstream_host_port)
@@ -104,6 +104,15 @@ async fn postgres_outage_answers_unavailable_and_recovers() {
     let url = db
         .url
         .replacen(&upstream_host_port, &proxy.address.to_string(), 1);
+    (proxy, url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outage_answers_unavailable_and_recovers() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let (proxy, url) = proxied(&db).await;
     let server = db
         .start_server_via(&url, subledger::server::ServerConfig::default())
         .await;
@@ -147,4 +156,35 @@ async fn postgres_outage_answers_unavailable_and_recovers() {
     assert!(!retried.replayed, "the refused call had appended nothing");
     let entries = assert_ledger_consistent(&mut client, "deal").await;
     assert_eq!(entries.len(), 3);
+}
+
+/// NOTIFY has no memory: a commit by another replica while this one's listener is cut off is
+/// never announced to it. Once the listener is back, the watched offerings are read again, so
+/// the stream gets that entry without any further commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watch_gets_entries_committed_while_the_listener_was_cut_off() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let (proxy, url) = proxied(&db).await;
+    let watched = db
+        .start_server_via(&url, subledger::server::ServerConfig::default())
+        .await;
+    let writer = db.start_server().await;
+    let mut writer_client = writer.client().await;
+    writer_client
+        .create_offering(offering("deal", 100, 0))
+        .await
+        .unwrap();
+    let mut watching = Watching::start(&mut watched.client().await, "deal").await;
+    watching.reach(1, Duration::from_secs(10)).await;
+
+    proxy.cut();
+    writer_client
+        .subscribe(subscribe("deal", "alice", 1, "while-cut"))
+        .await
+        .unwrap();
+    proxy.restore();
+    // The listener retries every second; then one re-read.
+    watching.reach(2, Duration::from_secs(20)).await;
 }

@@ -54,6 +54,8 @@ pub struct LedgerService<S> {
     shutdown: CancellationToken,
     watch_streams: Arc<Semaphore>,
     max_watch_streams: usize,
+    /// The shared reader of each offering watched on this process.
+    watch_hub: watch::hub::WatchHub<S>,
     verifications_admitted: Semaphore,
     verifications_running: Semaphore,
     /// Each RPC's metric handles, registered once.
@@ -64,6 +66,7 @@ impl<S: Store> LedgerService<S> {
     pub fn new(store: S, limits: ServiceLimits, shutdown: CancellationToken) -> Self {
         Self {
             committer: GroupCommitter::new(store.clone()),
+            watch_hub: watch::hub::WatchHub::new(store.clone()),
             store,
             shutdown,
             watch_streams: Arc::new(Semaphore::new(limits.max_watch_streams)),
@@ -547,8 +550,6 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     ),
                 }
             })?;
-            // Subscribe before the first read, so that no commit falls between the two.
-            let changes = self.store.changes();
             let offering = self.require_offering(&r.offering_id).await?;
             // Past the last entry the stream could miss OFFERING_FINALIZED and never end.
             if r.after_sequence > offering.version {
@@ -561,10 +562,10 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                 ));
             }
             Ok(watch::spawn(
+                &self.watch_hub,
                 self.store.clone(),
                 offering,
                 r.after_sequence,
-                changes,
                 permit,
                 self.shutdown.clone(),
             ))

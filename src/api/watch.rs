@@ -1,11 +1,14 @@
 //! WatchHistory: the backlog, then new entries as they commit, on this replica or another.
 //!
-//! The database is the only source of entries. A [`Change`] only wakes the stream up to read
-//! what follows the last entry it sent, so a lost or late notification delays an entry by at
-//! most POLL_INTERVAL and never loses or reorders one.
+//! The database is the only source of entries. A stream reads its backlog itself, then follows
+//! the offering's shared reader ([`hub`]), which reads each commit's entries once for all the
+//! streams of the offering. Whatever a stream misses there (entries that went by before it
+//! followed, or while its client was too slow to keep up), it reads from the database itself:
+//! every entry reaches it once, in sequence order, and a slow stream holds up no other.
+
+pub mod hub;
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
@@ -17,25 +20,26 @@ use super::convert;
 use super::error::ApiError;
 use crate::ledger::{EntryKind, Offering, OfferingStatus};
 use crate::proto;
-use crate::store::{Change, HistoryQuery, Store};
-use crate::telemetry::metrics::WATCH_STREAMS;
+use crate::store::{HistoryQuery, Store};
+use crate::telemetry::metrics::{WATCH_READS, WATCH_STREAMS};
+use hub::{Fed, FedEntry, Following, WatchHub};
 
 pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<proto::HistoryEntry, Status>> + Send>>;
 
-/// Entries read per query while catching up. With SEND_BUFFER, bounds what a stream whose
-/// client reads nothing holds: about (READ_BATCH + SEND_BUFFER) entries of ~200 bytes.
+/// Entries read per query, by a stream catching up and by an offering's shared reader. With
+/// SEND_BUFFER, bounds what a stream whose client reads nothing holds of its own: about
+/// (READ_BATCH + SEND_BUFFER) entries of ~200 bytes.
 const READ_BATCH: u32 = 64;
 /// Entries buffered for a slow client before the stream stops reading.
 const SEND_BUFFER: usize = 32;
-/// Re-read at least this often even without a notification (a lost NOTIFY, another process on
-/// the same SQLite file).
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Starts the stream of `offering` after `after_sequence`; `offering` was read after the call
+/// was admitted, so its version is where the offering's shared reader starts if it has none yet.
 pub fn spawn<S: Store>(
+    hub: &WatchHub<S>,
     store: S,
     offering: Offering,
     after_sequence: i64,
-    changes: broadcast::Receiver<Change>,
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) -> HistoryStream {
@@ -44,11 +48,14 @@ pub fn spawn<S: Store>(
     if offering.status == OfferingStatus::Finalized && after_sequence >= offering.version {
         return Box::pin(ReceiverStream::new(receiver));
     }
+    // Followed before the backlog is read, so that no entry falls between the two.
+    let following = hub.follow(&offering.offering_id, offering.version);
     let watcher = Watcher {
         store,
+        reads: metrics::counter!(WATCH_READS, "reader" => "stream"),
         offering_id: offering.offering_id,
         after_sequence,
-        changes,
+        following,
         sender,
         _slot: WatchSlot::new(permit),
     };
@@ -58,9 +65,11 @@ pub fn spawn<S: Store>(
 
 struct Watcher<S> {
     store: S,
+    reads: metrics::Counter,
     offering_id: String,
+    /// The last sequence sent to the client.
     after_sequence: i64,
-    changes: broadcast::Receiver<Change>,
+    following: Following,
     sender: mpsc::Sender<Result<proto::HistoryEntry, Status>>,
     /// This stream's place under --max-watch-streams, given back when the watcher ends.
     _slot: WatchSlot,
@@ -88,7 +97,16 @@ impl Drop for WatchSlot {
 enum End {
     Finalized,
     ClientGone,
-    Failed(ApiError),
+    Failed(Status),
+}
+
+/// The status a stream ends with after a failed read, logged here, once per failure: a shared
+/// reader's failure ends all its streams with one log line.
+fn failure(offering_id: &str, error: ApiError) -> Status {
+    if let ApiError::Store(cause) = &error {
+        tracing::warn!(offering_id, %cause, "watch stream ended by a database failure");
+    }
+    Status::from(error)
 }
 
 impl<S: Store> Watcher<S> {
@@ -96,53 +114,69 @@ impl<S: Store> Watcher<S> {
         // Shutdown interrupts anything, a send to a client that stopped reading included.
         let end = tokio::select! {
             end = self.stream() => end,
-            () = shutdown.cancelled() => End::Failed(ApiError::ShuttingDown),
+            () = shutdown.cancelled() => End::Failed(Status::from(ApiError::ShuttingDown)),
         };
-        if let End::Failed(error) = end {
-            // The stream's end line: the call's own span ended when the stream was handed over.
-            if let ApiError::Store(cause) = &error {
-                tracing::warn!(offering_id = %self.offering_id, %cause, "watch stream ended by a database failure");
-            }
-            let status = Status::from(error);
+        if let End::Failed(status) = end {
             // Never wait here: a client that reads nothing must not hold the shutdown open.
             let _ = self.sender.try_send(Err(status));
         }
     }
 
     async fn stream(&mut self) -> End {
+        if let Err(end) = self.catch_up().await {
+            return end;
+        }
         loop {
-            if let Err(end) = self.send_new_entries().await {
+            let fed = tokio::select! {
+                () = self.sender.closed() => return End::ClientGone,
+                fed = self.following.entries.recv() => fed,
+            };
+            let step = match fed {
+                Ok(Fed::Entry(entry)) => self.send_fed(&entry).await,
+                Ok(Fed::Failed(status)) => Err(End::Failed(status)),
+                // More than the shared buffer went by while the client was slow: the database
+                // still has it all.
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up().await,
+                // The hub went with the service: the server is shutting down.
+                Err(broadcast::error::RecvError::Closed) => {
+                    Err(End::Failed(Status::from(ApiError::ShuttingDown)))
+                }
+            };
+            if let Err(end) = step {
                 return end;
-            }
-            let sender = self.sender.clone();
-            tokio::select! {
-                () = sender.closed() => return End::ClientGone,
-                () = self.next_change() => {}
-                () = tokio::time::sleep(POLL_INTERVAL) => {}
             }
         }
     }
 
-    /// Sends every entry after the last one sent; Err once the stream must end.
-    async fn send_new_entries(&mut self) -> Result<(), End> {
+    /// Sends an entry from the shared reader, after any this stream lacks before it.
+    async fn send_fed(&mut self, entry: &FedEntry) -> Result<(), End> {
+        let sequence = entry.message.sequence;
+        if sequence > self.after_sequence + 1 {
+            // Entries went by before this stream followed, or were dropped from the shared
+            // buffer before it took them. The database has them, up to this one at least.
+            self.catch_up().await?;
+        }
+        // Lower: already sent, from the backlog or a catch-up.
+        if sequence == self.after_sequence + 1 {
+            self.send(entry.message.clone(), entry.finalized).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends every entry in the database after the last one sent; Err once the stream must end.
+    async fn catch_up(&mut self) -> Result<(), End> {
         loop {
+            self.reads.increment(1);
             let query = HistoryQuery::after(&self.offering_id, self.after_sequence, READ_BATCH);
             let entries = self
                 .store
                 .list_history(query)
                 .await
-                .map_err(|e| End::Failed(ApiError::from(e)))?;
+                .map_err(|e| End::Failed(failure(&self.offering_id, ApiError::from(e))))?;
             let read = entries.len();
             for entry in entries {
-                self.after_sequence = entry.sequence;
                 let finalized = entry.kind == EntryKind::OfferingFinalized;
-                self.sender
-                    .send(Ok(convert::entry(entry)))
-                    .await
-                    .map_err(|_| End::ClientGone)?;
-                if finalized {
-                    return Err(End::Finalized);
-                }
+                self.send(convert::entry(entry), finalized).await?;
             }
             if read < READ_BATCH as usize {
                 return Ok(());
@@ -150,22 +184,20 @@ impl<S: Store> Watcher<S> {
         }
     }
 
-    /// Returns when this offering may have moved past the last entry sent.
-    async fn next_change(&mut self) {
-        loop {
-            match self.changes.recv().await {
-                Ok(change)
-                    if *change.offering_id == *self.offering_id
-                        && change.version > self.after_sequence =>
-                {
-                    return;
-                }
-                Ok(_) => {}
-                // Missed some: re-read to be sure.
-                Err(broadcast::error::RecvError::Lagged(_)) => return,
-                // No more notifications: the poll interval takes over.
-                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
-            }
+    async fn send(&mut self, entry: proto::HistoryEntry, finalized: bool) -> Result<(), End> {
+        debug_assert_eq!(
+            entry.sequence,
+            self.after_sequence + 1,
+            "sent in order, once"
+        );
+        self.after_sequence = entry.sequence;
+        self.sender
+            .send(Ok(entry))
+            .await
+            .map_err(|_| End::ClientGone)?;
+        if finalized {
+            return Err(End::Finalized);
         }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! that breaks the ledger is a bug, not a result, and makes the command fail.
 
 pub mod redis_lock;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -48,6 +49,9 @@ pub enum Scenario {
     /// One offering whose cap (--sellout-units) is far below demand: 1-unit subscribes until
     /// it is sold out exactly, then the refusals.
     Sellout,
+    /// Spread, while --watchers WatchHistory streams follow the offerings; then the offerings
+    /// are finalized, which ends the streams, and each must have received every entry in order.
+    Watch,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,15 +71,23 @@ pub struct BenchArgs {
     requests: Option<u64>,
     #[arg(long, value_enum, default_value = "hot")]
     scenario: Scenario,
-    /// Offerings for spread and mixed.
-    #[arg(long, default_value_t = 1000)]
-    offerings: usize,
+    /// Offerings for spread, mixed and watch [default: 1000; 100 for watch].
+    #[arg(long)]
+    offerings: Option<usize>,
     /// Use this existing offering instead of creating new ones (repeatable; hot, spread, mixed).
     #[arg(long = "offering")]
     existing_offerings: Vec<String>,
     /// The offering cap for sellout.
     #[arg(long, default_value_t = 5000)]
     sellout_units: i64,
+    /// WatchHistory streams for watch, spread over the offerings; the server's
+    /// --max-watch-streams must allow them.
+    #[arg(long, default_value_t = 0)]
+    watchers: usize,
+    /// The server's /metrics (http://host:port/metrics), scraped around the load to report its
+    /// WatchHistory reads per commit (watch).
+    #[arg(long)]
+    metrics_url: Option<String>,
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
@@ -133,6 +145,8 @@ struct Report {
     verified_entries: i64,
     /// Offerings whose VerifyOffering failed, with the problems: must be empty.
     verify_failures: Vec<String>,
+    /// watch only: what the streams received, and what the server read for them.
+    watch: Option<watch::WatchReport>,
 }
 
 #[derive(Serialize)]
@@ -229,21 +243,65 @@ impl Plan {
     }
 }
 
+impl BenchArgs {
+    fn offerings(&self) -> usize {
+        let default = match self.scenario {
+            Scenario::Watch => 100,
+            _ => 1000,
+        };
+        self.offerings.unwrap_or(default)
+    }
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0
         || args.targets.is_empty()
-        || args.offerings == 0
+        || args.offerings() == 0
         || args.sellout_units <= 0
     {
         bail!("--concurrency, --offerings and --sellout-units must be positive and --target given");
     }
-    let clients = connect(&args).await?;
+    if args.watchers > 0 && args.scenario != Scenario::Watch {
+        bail!("--watchers is for --scenario watch");
+    }
+    // The streams are ended by finalizing their offerings: never someone else's.
+    if args.scenario == Scenario::Watch && !args.existing_offerings.is_empty() {
+        bail!("--scenario watch creates its own offerings (it finalizes them); drop --offering");
+    }
+    let clients = connect(&args, CONNECTIONS_PER_TARGET).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let offering_ids = if args.existing_offerings.is_empty() || args.scenario == Scenario::Sellout {
         create_offerings(&clients, &args, &run_id).await?
     } else {
         args.existing_offerings.clone()
     };
+
+    let watchers = match args.scenario {
+        Scenario::Watch => {
+            let connections_per_target = args
+                .watchers
+                .div_ceil(watch::STREAMS_PER_CONNECTION)
+                .div_ceil(args.targets.len());
+            let watch_clients = connect(&args, connections_per_target).await?;
+            Some(watch::Watchers::open(&watch_clients, &offering_ids, args.watchers).await?)
+        }
+        _ => None,
+    };
+    let scrape = async || match &args.metrics_url {
+        Some(url) => watch::scrape_server_reads(url).await.map(Some),
+        None => Ok(None),
+    };
+    // Open streams and nothing committed: what do they read?
+    let idle_reads = match (&watchers, scrape().await?) {
+        (Some(_), Some(before)) => {
+            tokio::time::sleep(watch::IDLE).await;
+            scrape()
+                .await?
+                .map(|after| (after - before).history_reads())
+        }
+        _ => None,
+    };
+    let metrics_before = scrape().await?;
 
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let plan = Arc::new(Plan {
@@ -280,10 +338,25 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         progress.abort();
         let _ = progress.await;
     }
+    let metrics_after = scrape().await?;
+    let watch_report = match watchers {
+        Some(watchers) => {
+            let last_sequences = watch::finalize(&clients[0], &plan.offering_ids).await?;
+            let mut report = watchers.finish(&last_sequences).await;
+            report.idle_reads = idle_reads;
+            if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
+                report.server = Some(after - before);
+            }
+            Some(report)
+        }
+        None => None,
+    };
 
     let (verified_entries, broken) = verify(&clients[0], &plan.offering_ids).await?;
     let mut report = report(&args, &plan, &tally, elapsed, started, verified_entries);
     report.verify_failures = broken.clone();
+    let watch_mismatches = watch_report.as_ref().map_or(0, |w| w.mismatches);
+    report.watch = watch_report;
     if args.scenario == Scenario::Sellout {
         let offering_id = plan.offering_ids[0].clone();
         let offering = clients[0]
@@ -304,13 +377,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             broken.join("; ")
         );
     }
+    if watch_mismatches > 0 {
+        bail!("{watch_mismatches} WatchHistory streams missed or reordered entries");
+    }
     Ok(())
 }
 
 /// Connections ordered target by target within each round ([t1, t2, t3, t1, t2, t3, ...]), so
 /// that worker w, which uses connection w % len, loads target w % targets: every replica gets
 /// the same share of the calls in flight, whatever --concurrency is.
-async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
+async fn connect(args: &BenchArgs, connections_per_target: usize) -> anyhow::Result<Vec<Client>> {
     let token = match &args.token {
         Some(token) => Some(
             format!("Bearer {token}")
@@ -334,7 +410,7 @@ async fn connect(args: &BenchArgs) -> anyhow::Result<Vec<Client>> {
         endpoints.push((target, endpoint));
     }
     let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS_PER_TARGET {
+    for _ in 0..connections_per_target {
         for (target, endpoint) in &endpoints {
             let channel = endpoint
                 .connect()
@@ -375,7 +451,9 @@ async fn create_offerings(
     let (count, max_units) = match args.scenario {
         // Caps nobody reaches: every call measures the write path, not a refusal.
         Scenario::Hot => (1, crate::ledger::limits::UNITS_MAX),
-        Scenario::Spread | Scenario::Mixed => (args.offerings, crate::ledger::limits::UNITS_MAX),
+        Scenario::Spread | Scenario::Mixed | Scenario::Watch => {
+            (args.offerings(), crate::ledger::limits::UNITS_MAX)
+        }
         Scenario::Sellout => (1, args.sellout_units),
     };
     let ids: Vec<String> = (0..count).map(|i| format!("bench-{run_id}-{i}")).collect();
@@ -429,7 +507,7 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
         let request_id = format!("{}-{call}", plan.run_id);
         let units = 1 + (random() % 10) as i64;
         let call = match plan.scenario {
-            Scenario::Hot | Scenario::Spread => Call::Subscribe { units },
+            Scenario::Hot | Scenario::Spread | Scenario::Watch => Call::Subscribe { units },
             Scenario::Sellout => Call::Subscribe { units: 1 },
             Scenario::Mixed => match random() % 10 {
                 0..=4 => Call::Subscribe { units },
@@ -622,6 +700,7 @@ fn report(
         verified_offerings: plan.offering_ids.len(),
         verified_entries,
         verify_failures: Vec::new(),
+        watch: None,
     }
 }
 
@@ -673,4 +752,7 @@ fn print_text(report: &Report) {
         "VerifyOffering: {} offerings, {} entries checked, {verdict}",
         report.verified_offerings, report.verified_entries
     );
+    if let Some(watch) = &report.watch {
+        watch.print();
+    }
 }

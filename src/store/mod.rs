@@ -107,16 +107,19 @@ pub(crate) fn now() -> crate::ledger::Timestamp {
     chrono::Utc::now().trunc_subsecs(6)
 }
 
-/// A committed change to an offering: its new version. Sent after every commit, so that
-/// WatchHistory streams wake up; receivers re-read the history, so a missed one costs latency,
-/// never an entry.
+/// What a store announces so that WatchHistory's readers know when to read: they read the
+/// history itself, so an announcement carries no entry, only where to look.
 #[derive(Clone, Debug)]
-pub struct Change {
-    pub offering_id: Arc<str>,
-    pub version: i64,
+pub enum Change {
+    /// Sent after every commit: the offering's new version.
+    Committed { offering_id: Arc<str>, version: i64 },
+    /// Commits may have gone unannounced (PostgreSQL: the LISTEN connection was lost and is
+    /// back): every watched offering must be read again once.
+    Missed,
 }
 
-/// How many changes a slow watcher may fall behind before it must re-read (it then does).
+/// How many changes a slow reader may fall behind before it must re-read everything it
+/// watches (it then does, as on [`Change::Missed`]).
 pub(crate) const CHANGE_CHANNEL_CAPACITY: usize = 4096;
 
 /// A page of one offering's history.
@@ -277,6 +280,10 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// Changes committed from now on, through this process or (PostgreSQL) any replica.
     fn changes(&self) -> broadcast::Receiver<Change>;
+
+    /// How often a watched offering must be looked at for commits that [`Store::changes`]
+    /// cannot announce: None when it announces every commit.
+    fn unannounced_commits_poll(&self) -> Option<std::time::Duration>;
 
     /// The connection pool as it is now, for the metrics.
     fn pool_stats(&self) -> PoolStats;

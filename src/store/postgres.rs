@@ -425,7 +425,7 @@ impl PgStore {
         tx.commit().await?;
         // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
         for written in &writes {
-            let change = Change {
+            let change = Change::Committed {
                 offering_id: written.head.offering_id.as_str().into(),
                 version: written.head.version,
             };
@@ -583,7 +583,7 @@ impl Store for PgStore {
             .rows_affected();
         if inserted == 1 {
             tx.commit().await?;
-            let _ = self.changes.send(Change {
+            let _ = self.changes.send(Change::Committed {
                 offering_id: head.offering_id.as_str().into(),
                 version: 1,
             });
@@ -738,6 +738,12 @@ impl Store for PgStore {
         self.changes.subscribe()
     }
 
+    /// Every commit, on any replica, NOTIFYs the listener; while it reconnects, the changes it
+    /// missed are made good by a [`Change::Missed`] once it is back.
+    fn unannounced_commits_poll(&self) -> Option<Duration> {
+        None
+    }
+
     fn pool_stats(&self) -> PoolStats {
         PoolStats {
             size: self.pool.size(),
@@ -760,7 +766,7 @@ async fn forward_notifications(
             error = listen(&options, &changes) => error,
         };
         let Some(error) = error else { return };
-        tracing::warn!(%error, "change listener lost its connection; watchers poll until it is back");
+        tracing::warn!(%error, "change listener lost its connection; watchers re-read once it is back");
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(LISTENER_RETRY) => {}
@@ -784,21 +790,29 @@ async fn listen(
     if let Err(error) = listener.listen(CHANGE_CHANNEL).await {
         return Some(error);
     }
+    // Listening again after a failure: whatever committed meanwhile was never announced. Sent
+    // only now that LISTEN is in place, so a re-read from here misses nothing.
+    changes.upgrade()?.send(Change::Missed).ok();
     loop {
-        let notification = match listener.recv().await {
-            Ok(notification) => notification,
+        // try_recv, not recv: recv reconnects by itself and the notifications lost on the way
+        // would go unnoticed. None means exactly that: the connection dropped and is back.
+        let change = match listener.try_recv().await {
+            Ok(Some(notification)) => match parse_notification(notification.payload()) {
+                Some(change) => change,
+                None => continue,
+            },
+            Ok(None) => Change::Missed,
             Err(error) => return Some(error),
         };
-        let Some((version, offering_id)) = notification.payload().split_once(':') else {
-            continue;
-        };
-        let Ok(version) = version.parse() else {
-            continue;
-        };
-        let changes = changes.upgrade()?;
-        let _ = changes.send(Change {
-            offering_id: Arc::from(offering_id),
-            version,
-        });
+        changes.upgrade()?.send(change).ok();
     }
+}
+
+/// "version:offering_id", as the write sends it; None for anything else on the channel.
+fn parse_notification(payload: &str) -> Option<Change> {
+    let (version, offering_id) = payload.split_once(':')?;
+    Some(Change::Committed {
+        offering_id: Arc::from(offering_id),
+        version: version.parse().ok()?,
+    })
 }

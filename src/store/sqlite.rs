@@ -31,6 +31,9 @@ use crate::ledger::{
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Readers run concurrently under WAL; writers queue on the file lock anyway.
 const POOL_CONNECTIONS_MAX: u32 = 8;
+/// How late a WatchHistory stream may see an entry written by another process on the same file:
+/// a primary-key read per watched offering this often is nothing next to a write.
+const OTHER_PROCESS_POLL: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -310,7 +313,7 @@ impl SqliteStore {
     }
 
     fn announce(&self, offering_id: &str, version: i64) {
-        let _ = self.changes.send(Change {
+        let _ = self.changes.send(Change::Committed {
             offering_id: offering_id.into(),
             version,
         });
@@ -521,6 +524,13 @@ impl Store for SqliteStore {
 
     fn changes(&self) -> broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// Another process writing the same file commits unseen by this one, and SQLite has no
+    /// notification across processes: a watched offering's head is read this often (one cheap
+    /// query per offering watched on this process, however many streams watch it).
+    fn unannounced_commits_poll(&self) -> Option<Duration> {
+        Some(OTHER_PROCESS_POLL)
     }
 
     fn pool_stats(&self) -> PoolStats {

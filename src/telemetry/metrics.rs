@@ -26,6 +26,8 @@ pub const QUEUED_REQUESTS: &str = "subledger_queued_requests";
 pub const TRANSACTIONS_IN_FLIGHT: &str = "subledger_transactions_in_flight";
 pub const DB_CONNECTIONS: &str = "subledger_db_connections";
 pub const WATCH_STREAMS: &str = "subledger_watch_streams";
+pub const WATCH_READS: &str = "subledger_watch_reads_total";
+pub const WATCH_POLLS: &str = "subledger_watch_polls_total";
 pub const BUILD_INFO: &str = "subledger_build_info";
 
 /// Latency buckets in seconds: a commit takes about a millisecond, a call under load tens of
@@ -101,6 +103,14 @@ fn describe() {
         "Database pool connections, by state (idle, in_use) and the pool's maximum (max)."
     );
     describe_gauge!(WATCH_STREAMS, "WatchHistory streams open on this process.");
+    describe_counter!(
+        WATCH_READS,
+        "History pages read for WatchHistory, by reader: shared (one per watched offering, after a commit) or stream (one stream's backlog, or its catch-up after falling behind)."
+    );
+    describe_counter!(
+        WATCH_POLLS,
+        "Head reads of watched offerings looking for commits by another process on the same SQLite file (one per watched offering per second)."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which subledger runs."

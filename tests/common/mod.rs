@@ -559,3 +559,92 @@ macro_rules! backend_tests {
         }
     };
 }
+
+/// A WatchHistory stream read to its end by a task of its own: what it received, and how far it
+/// has got.
+pub struct Watching {
+    /// The last sequence received so far (0: none yet).
+    pub last_sequence: tokio::sync::watch::Receiver<i64>,
+    /// Every sequence received, in the order received, once the stream has ended; the error
+    /// that ended it, if one did.
+    pub received: JoinHandle<(Vec<i64>, Option<tonic::Status>)>,
+}
+
+impl Watching {
+    /// Watches `offering_id` from its first entry.
+    pub async fn start(client: &mut Client, offering_id: &str) -> Self {
+        let mut stream = client
+            .watch_history(proto::WatchHistoryRequest {
+                offering_id: offering_id.to_owned(),
+                after_sequence: 0,
+            })
+            .await
+            .expect("WatchHistory")
+            .into_inner();
+        let (progress, last_sequence) = tokio::sync::watch::channel(0);
+        let received = tokio::spawn(async move {
+            let mut received = Vec::new();
+            loop {
+                match stream.message().await {
+                    Ok(Some(entry)) => {
+                        received.push(entry.sequence);
+                        progress.send_replace(entry.sequence);
+                    }
+                    Ok(None) => return (received, None),
+                    Err(status) => return (received, Some(status)),
+                }
+            }
+        });
+        Self {
+            last_sequence,
+            received,
+        }
+    }
+
+    /// Waits until the stream has received `sequence`; panics after `wait`.
+    pub async fn reach(&mut self, sequence: i64, wait: Duration) {
+        let reached =
+            tokio::time::timeout(wait, self.last_sequence.wait_for(|last| *last >= sequence))
+                .await
+                .map(|alive| alive.map(|_| ()));
+        let last = *self.last_sequence.borrow();
+        match reached {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => panic!("stream ended at {last}, expected {sequence}"),
+            Err(_) => panic!("watcher at {last} after {wait:?}, expected {sequence}"),
+        }
+    }
+
+    /// Waits for the stream's end; panics unless it received exactly 1..=last, in order, and
+    /// ended cleanly (after OFFERING_FINALIZED).
+    pub async fn assert_received_all(self, last: i64, wait: Duration) {
+        let (received, error) = tokio::time::timeout(wait, self.received)
+            .await
+            .expect("the stream ends after OFFERING_FINALIZED")
+            .expect("watcher task");
+        assert!(error.is_none(), "stream failed: {error:?}");
+        let expected: Vec<i64> = (1..=last).collect();
+        assert_eq!(received, expected, "every entry once, in order");
+    }
+}
+
+/// Closes and finalizes an offering (from any version), which ends its WatchHistory streams;
+/// returns its last sequence.
+pub async fn close_and_finalize(client: &mut Client, offering_id: &str) -> i64 {
+    client
+        .close_offering(proto::CloseOfferingRequest {
+            offering_id: offering_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("CloseOffering");
+    client
+        .finalize_offering(proto::FinalizeOfferingRequest {
+            offering_id: offering_id.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("FinalizeOffering")
+        .into_inner()
+        .version
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# WatchHistory fan-out under load: for each watcher count, one `subledger serve` on a fresh
+# PostgreSQL database, then `subledger bench --scenario watch`: WATCHERS streams spread over
+# OFFERINGS offerings, CONCURRENCY Subscribes in flight for SECONDS_EACH seconds, then every
+# stream checked for every entry in order. The server's /metrics (--metrics-url) gives the
+# history reads the streams cost per commit; RSS is the server's, idle and peak.
+#
+# usage: bench/watchers.sh     (defaults below; override with the variables)
+#   WATCHERS="10000 0"  OFFERINGS=100  CONCURRENCY=64  SECONDS_EACH=20
+#   SUBLEDGER_BIN=PATH  run this subledger binary instead of building the checkout
+#   PGURL=postgres://postgres@127.0.0.1:5432/postgres   (an admin URL: the database is recreated there)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+watcher_counts=${WATCHERS:-10000 0}
+offerings=${OFFERINGS:-100}
+concurrency=${CONCURRENCY:-64}
+secs=${SECONDS_EACH:-20}
+pg_url=${PGURL:-postgres://postgres@127.0.0.1:5432/postgres}
+port=${PORT:-50091}
+metrics_port=$((port + 100))
+
+if [ -n "${SUBLEDGER_BIN:-}" ]; then
+  bin=$SUBLEDGER_BIN
+else
+  cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+  bin=$root/target/release/subledger
+fi
+pid=''
+trap '[ -z "$pid" ] || { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; } || true' EXIT
+rss_mb() { awk -v k="$2:" '$1 == k { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+for watchers in $watcher_counts; do
+  PGOPTIONS='-c client_min_messages=warning' psql -q "$pg_url" \
+    -c 'DROP DATABASE IF EXISTS subledger_watch_bench WITH (FORCE)' -c 'CREATE DATABASE subledger_watch_bench'
+  url=${pg_url%/*}/subledger_watch_bench
+  # A stream needs a place under --max-watch-streams.
+  max_watch_streams=$(( watchers > 1000 ? watchers : 1000 ))
+  RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "$url" \
+    --max-watch-streams "$max_watch_streams" --metrics-listen "127.0.0.1:$metrics_port" &
+  pid=$!
+  for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+  idle=$(rss_mb "$pid" VmRSS)
+  command=("$bin" bench --target "http://127.0.0.1:$port" --scenario watch --watchers "$watchers"
+    --offerings "$offerings" --concurrency "$concurrency" --duration "${secs}s"
+    --metrics-url "http://127.0.0.1:$metrics_port/metrics")
+  echo "+ ${command[*]}"
+  # The load generator's CPU too: on one machine, it competes with the server for the cores.
+  /usr/bin/time -f "bench client: %e s elapsed, %U s user + %S s system CPU" "${command[@]}"
+  echo "server: RSS MB idle $idle, peak $(rss_mb "$pid" VmHWM); $(cpu_s "$pid") s CPU in all"
+  kill -TERM "$pid"; wait "$pid" || true
+  pid=''
+  echo
+done

@@ -1,0 +1,515 @@
+//! One reader per watched offering, shared by every WatchHistory stream of it on this process.
+//!
+//! Each stream used to re-read the history after every commit and poll besides: N streams of an
+//! offering cost N queries per commit, and 2 N a second with nothing committed. Here the store's
+//! announcement of a commit ([`Change`]) wakes the offering's one reader, which reads the new
+//! entries once and hands them to every stream through a broadcast channel; nothing is read while
+//! nothing commits. A stream that misses entries (it joined while they went by, or fell more than
+//! FEED_BUFFER behind) reads them from the database itself, so the reader waits for nobody.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{Notify, broadcast};
+use tokio::time::{Interval, MissedTickBehavior};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tonic::Status;
+
+use super::{READ_BATCH, failure};
+use crate::api::convert;
+use crate::api::error::ApiError;
+use crate::ledger::EntryKind;
+use crate::proto;
+use crate::store::{Change, HistoryQuery, Store};
+use crate::telemetry::metrics::{WATCH_POLLS, WATCH_READS};
+
+/// Entries an offering's reader keeps for streams that have not taken them yet. A stream further
+/// behind (its client reads slowly) reads from the database instead; the buffer holds at most this
+/// many entries (~300 bytes each) per watched offering, shared by all its streams.
+const FEED_BUFFER: usize = 1024;
+
+/// What an offering's reader hands to its streams.
+#[derive(Clone)]
+pub(super) enum Fed {
+    Entry(Arc<FedEntry>),
+    /// The reader's read failed: its streams end with this, as their own read would have.
+    Failed(Status),
+}
+
+/// An entry as read and converted once, for every stream.
+pub(super) struct FedEntry {
+    pub finalized: bool,
+    pub message: proto::HistoryEntry,
+}
+
+/// The readers of the offerings watched on this process (owned by the service).
+pub struct WatchHub<S> {
+    store: S,
+    feeds: Arc<Feeds>,
+    /// Stops the task that routes the store's changes to the readers.
+    _dispatcher: DropGuard,
+}
+
+type Feeds = Mutex<HashMap<Arc<str>, Registered>>;
+
+/// A watched offering: its reader, and how many streams follow it.
+struct Registered {
+    feed: Arc<Feed>,
+    followers: usize,
+    /// Stops the reader when the last follower leaves.
+    _reader: DropGuard,
+}
+
+/// What the dispatcher tells an offering's reader, and what the reader hands on.
+struct Feed {
+    entries: broadcast::Sender<Fed>,
+    /// The highest version announced: the reader reads when it is past what it has read.
+    announced_version: AtomicI64,
+    /// Set when announcements may have been lost: the reader reads even if no version past
+    /// its own was announced.
+    reread: AtomicBool,
+    /// Keeps one wake-up for a reader busy reading, so that none is lost.
+    wake: Notify,
+}
+
+impl Feed {
+    fn announce(&self, version: i64) {
+        self.announced_version.fetch_max(version, Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+
+    fn reread(&self) {
+        self.reread.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+}
+
+impl<S: Store> WatchHub<S> {
+    /// Starts the task that routes the store's changes (so: on a tokio runtime).
+    pub fn new(store: S) -> Self {
+        let feeds = Arc::new(Feeds::default());
+        let stop = CancellationToken::new();
+        tokio::spawn(dispatch(store.changes(), feeds.clone(), stop.clone()));
+        Self {
+            store,
+            feeds,
+            _dispatcher: stop.drop_guard(),
+        }
+    }
+
+    /// Follows the offering's reader, starting one whose position is `version` (read before
+    /// this call) if the offering has none. The caller reads its backlog only after this: an
+    /// entry committed meanwhile then reaches it from the backlog, the reader, or both.
+    pub(super) fn follow(&self, offering_id: &str, version: i64) -> Following {
+        let mut feeds = lock(&self.feeds);
+        let registered = match feeds.get_mut(offering_id) {
+            Some(registered) => registered,
+            None => {
+                let offering_id: Arc<str> = offering_id.into();
+                let registered = self.start_reader(offering_id.clone(), version);
+                feeds.entry(offering_id).or_insert(registered)
+            }
+        };
+        registered.followers += 1;
+        Following {
+            entries: registered.feed.entries.subscribe(),
+            offering_id: offering_id.into(),
+            feeds: self.feeds.clone(),
+        }
+    }
+
+    /// A commit made between `version` being read and the reader being registered is not
+    /// announced to it: it reads that entry with the next commit's, and streams that have it
+    /// already (from their backlog, read after registering) skip it.
+    fn start_reader(&self, offering_id: Arc<str>, version: i64) -> Registered {
+        let (entries, _) = broadcast::channel(FEED_BUFFER);
+        let feed = Arc::new(Feed {
+            entries,
+            announced_version: AtomicI64::new(version),
+            reread: AtomicBool::new(false),
+            wake: Notify::new(),
+        });
+        let reader = Reader {
+            store: self.store.clone(),
+            reads: metrics::counter!(WATCH_READS, "reader" => "shared"),
+            offering_id,
+            feed: feed.clone(),
+            read_through: version,
+        };
+        let stop = CancellationToken::new();
+        let poll = self.store.unannounced_commits_poll();
+        let stopped = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = reader.run(poll) => {}
+            }
+        });
+        Registered {
+            feed,
+            followers: 0,
+            _reader: stop.drop_guard(),
+        }
+    }
+}
+
+/// One stream's place among the followers of an offering's reader; leaving drops the reader
+/// with its last follower.
+pub(super) struct Following {
+    pub entries: broadcast::Receiver<Fed>,
+    offering_id: Arc<str>,
+    feeds: Arc<Feeds>,
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        let mut feeds = lock(&self.feeds);
+        if let Some(registered) = feeds.get_mut(&self.offering_id) {
+            registered.followers -= 1;
+            if registered.followers == 0 {
+                feeds.remove(&self.offering_id);
+            }
+        }
+    }
+}
+
+fn lock(feeds: &Feeds) -> MutexGuard<'_, HashMap<Arc<str>, Registered>> {
+    // Nothing panics while holding the lock; if something did, the map is still whole.
+    feeds.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Routes the store's changes to the readers of the offerings they concern: one receiver per
+/// process, however many offerings are watched.
+async fn dispatch(
+    mut changes: broadcast::Receiver<Change>,
+    feeds: Arc<Feeds>,
+    stop: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            () = stop.cancelled() => return,
+            change = changes.recv() => change,
+        };
+        let feeds = lock(&feeds);
+        match change {
+            Ok(Change::Committed {
+                offering_id,
+                version,
+            }) => {
+                if let Some(registered) = feeds.get(&offering_id) {
+                    registered.feed.announce(version);
+                }
+            }
+            // Some announcements were lost: any watched offering may have moved.
+            Ok(Change::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                for registered in feeds.values() {
+                    registered.feed.reread();
+                }
+            }
+            // The store is gone, and no entry can follow.
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Reads an offering's new entries once for all its streams.
+struct Reader<S> {
+    store: S,
+    reads: metrics::Counter,
+    offering_id: Arc<str>,
+    feed: Arc<Feed>,
+    /// The last sequence read and handed on.
+    read_through: i64,
+}
+
+impl<S: Store> Reader<S> {
+    async fn run(mut self, poll: Option<Duration>) {
+        let mut poll = poll.map(|period| {
+            let mut poll = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+            poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            poll
+        });
+        let polls = metrics::counter!(WATCH_POLLS);
+        loop {
+            let behind = tokio::select! {
+                () = self.feed.wake.notified() => {
+                    self.feed.reread.swap(false, Ordering::AcqRel)
+                        || self.feed.announced_version.load(Ordering::Acquire) > self.read_through
+                }
+                () = next_tick(&mut poll) => {
+                    polls.increment(1);
+                    self.head_moved().await
+                }
+            };
+            if behind {
+                self.read_new_entries().await;
+            }
+        }
+    }
+
+    /// Whether the offering's head is past what was read; true when the head cannot be read, so
+    /// that the read that follows tells the streams why.
+    async fn head_moved(&self) -> bool {
+        match self.store.get_offering(&self.offering_id).await {
+            Ok(Some(offering)) => offering.version > self.read_through,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    async fn read_new_entries(&mut self) {
+        loop {
+            self.reads.increment(1);
+            let query = HistoryQuery::after(&self.offering_id, self.read_through, READ_BATCH);
+            let entries = match self.store.list_history(query).await {
+                Ok(entries) => entries,
+                Err(error) => {
+                    let status = failure(&self.offering_id, ApiError::from(error));
+                    // No follower left is no one to tell.
+                    let _ = self.feed.entries.send(Fed::Failed(status));
+                    return;
+                }
+            };
+            let read = entries.len();
+            for entry in entries {
+                debug_assert_eq!(entry.sequence, self.read_through + 1, "history has no gaps");
+                self.read_through = entry.sequence;
+                let fed = FedEntry {
+                    finalized: entry.kind == EntryKind::OfferingFinalized,
+                    message: convert::entry(entry),
+                };
+                let _ = self.feed.entries.send(Fed::Entry(Arc::new(fed)));
+            }
+            if read < READ_BATCH as usize {
+                return;
+            }
+        }
+    }
+}
+
+/// The next tick, or never without an interval.
+async fn next_tick(poll: &mut Option<Interval>) {
+    match poll {
+        Some(poll) => {
+            poll.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::ledger::verify::Report;
+    use crate::ledger::{
+        CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
+    };
+    use crate::store::{PoolStats, StoreError};
+
+    /// A store of history alone: entries appended by the test, announced (or not) by the test,
+    /// and every history read counted.
+    #[derive(Clone)]
+    struct HistoryStore {
+        entries: Arc<Mutex<Vec<Entry>>>,
+        reads: Arc<AtomicUsize>,
+        changes: broadcast::Sender<Change>,
+    }
+
+    impl HistoryStore {
+        fn new() -> Self {
+            Self {
+                entries: Arc::default(),
+                reads: Arc::default(),
+                changes: broadcast::channel(16).0,
+            }
+        }
+
+        /// Appends the offering's next entry; returns its sequence.
+        fn append(&self, offering_id: &str) -> i64 {
+            let mut entries = self.entries.lock().unwrap();
+            let sequence = 1 + entries
+                .iter()
+                .filter(|e| e.offering_id == offering_id)
+                .count() as i64;
+            entries.push(Entry {
+                offering_id: offering_id.to_owned(),
+                sequence,
+                kind: EntryKind::Subscribed,
+                investor_id: "alice".into(),
+                units_delta: 1,
+                investor_units_after: sequence,
+                offering_units_after: sequence,
+                request_id: format!("r{sequence}"),
+                requested_units: 1,
+                expected_version: 0,
+                record_time: chrono::DateTime::UNIX_EPOCH,
+                actor: "test".into(),
+                demand_delta: 0,
+                investor_demand_after: 0,
+                offering_demand_after: 0,
+                terms_before: None,
+                terms_after: None,
+                entry_hash: [0; 32],
+            });
+            sequence
+        }
+
+        fn announce(&self, offering_id: &str, version: i64) {
+            let change = Change::Committed {
+                offering_id: offering_id.into(),
+                version,
+            };
+            self.changes.send(change).unwrap();
+        }
+
+        fn reads(&self) -> usize {
+            self.reads.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Store for HistoryStore {
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        async fn create_offering(
+            &self,
+            _: &NewOffering,
+        ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
+            unreachable!("watching never creates")
+        }
+
+        async fn apply(&self, _: &[OfferingRequests]) -> Result<Results, StoreError> {
+            unreachable!("watching never writes")
+        }
+
+        async fn get_offering(&self, _: &str) -> Result<Option<Offering>, StoreError> {
+            unreachable!("PostgreSQL-like: no head polls")
+        }
+
+        async fn list_offerings(
+            &self,
+            _: Option<&str>,
+            _: u32,
+        ) -> Result<Vec<Offering>, StoreError> {
+            unreachable!()
+        }
+
+        async fn get_position(&self, _: &str, _: &str) -> Result<Option<Position>, StoreError> {
+            unreachable!()
+        }
+
+        async fn verify_offering(&self, _: &str) -> Result<Option<Report>, StoreError> {
+            unreachable!()
+        }
+
+        async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let entries = self.entries.lock().unwrap();
+            Ok(entries
+                .iter()
+                .filter(|e| e.offering_id == query.offering_id)
+                .filter(|e| e.sequence > query.after_sequence)
+                .take(query.limit as usize)
+                .cloned()
+                .collect())
+        }
+
+        fn changes(&self) -> broadcast::Receiver<Change> {
+            self.changes.subscribe()
+        }
+
+        fn unannounced_commits_poll(&self) -> Option<Duration> {
+            None
+        }
+
+        fn pool_stats(&self) -> PoolStats {
+            PoolStats {
+                size: 0,
+                idle: 0,
+                max: 0,
+            }
+        }
+    }
+
+    /// The next entry's sequence a follower receives.
+    async fn next_sequence(following: &mut Following) -> i64 {
+        let fed = tokio::time::timeout(Duration::from_secs(5), following.entries.recv())
+            .await
+            .expect("an entry in time")
+            .expect("the feed is open");
+        match fed {
+            Fed::Entry(entry) => entry.message.sequence,
+            Fed::Failed(status) => panic!("read failed: {status:?}"),
+        }
+    }
+
+    /// Lets the dispatcher and the readers run what is ready.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    #[tokio::test]
+    async fn followers_share_one_read_per_commit_and_none_while_idle() {
+        let store = HistoryStore::new();
+        store.append("deal");
+        let hub = WatchHub::new(store.clone());
+        let mut followers: Vec<Following> = (0..100).map(|_| hub.follow("deal", 1)).collect();
+        settle().await;
+        assert_eq!(store.reads(), 0, "nothing read before a commit");
+
+        let sequence = store.append("deal");
+        // PostgreSQL announces a commit twice: from the writing process, and by NOTIFY.
+        store.announce("deal", sequence);
+        store.announce("deal", sequence);
+        for following in &mut followers {
+            assert_eq!(next_sequence(following).await, 2);
+        }
+        settle().await;
+        assert_eq!(
+            store.reads(),
+            1,
+            "one read for 100 followers and two announcements"
+        );
+    }
+
+    #[tokio::test]
+    async fn missed_announcements_make_every_reader_read_once() {
+        let store = HistoryStore::new();
+        store.append("a");
+        store.append("b");
+        let hub = WatchHub::new(store.clone());
+        let mut a = hub.follow("a", 1);
+        let mut b = hub.follow("b", 1);
+        // Committed while the listener was down: never announced.
+        store.append("a");
+        store.append("b");
+        store.changes.send(Change::Missed).unwrap();
+        assert_eq!(next_sequence(&mut a).await, 2);
+        assert_eq!(next_sequence(&mut b).await, 2);
+        settle().await;
+        assert_eq!(store.reads(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_reader_leaves_with_its_last_follower() {
+        let store = HistoryStore::new();
+        store.append("deal");
+        let hub = WatchHub::new(store.clone());
+        let first = hub.follow("deal", 1);
+        let second = hub.follow("deal", 1);
+        drop(first);
+        assert_eq!(lock(&hub.feeds)["deal"].followers, 1);
+        drop(second);
+        assert!(lock(&hub.feeds).is_empty());
+        // A stopped reader reads nothing more.
+        let sequence = store.append("deal");
+        store.announce("deal", sequence);
+        settle().await;
+        assert_eq!(store.reads(), 0);
+    }
+}
