@@ -304,11 +304,10 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::ledger::verify::Report;
     use crate::ledger::{
         CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
     };
-    use crate::store::{PoolStats, StoreError};
+    use crate::store::{PoolStats, SnapshotReader, StoreError};
 
     /// A store of history alone: entries appended by the test, announced (or not) by the test,
     /// and every history read counted.
@@ -403,7 +402,11 @@ mod tests {
             unreachable!()
         }
 
-        async fn verify_offering(&self, _: &str) -> Result<Option<Report>, StoreError> {
+        async fn read_snapshot<R: SnapshotReader>(
+            &self,
+            _: &str,
+            _: &mut R,
+        ) -> Result<bool, StoreError> {
             unreachable!()
         }
 
