@@ -1,11 +1,9 @@
 //! PostgreSQL backend: several replicas on one database.
 //!
 //! Writers of one offering serialize on its head row (SELECT ... FOR UPDATE), always taken
-//! first, so there is no lock-order deadlock. A batch costs four round trips: BEGIN; lock the
-//! heads and read the positions in one statement; write everything in one statement; COMMIT.
-//! Contention adds one (the positions read again after the lock), a replayed request_id or a
-//! refusal another (the earlier entries of the batch's request_ids). Commits send a NOTIFY so
-//! that watchers on every replica wake up.
+//! first, so there is no lock-order deadlock. While it is held a batch costs four round trips:
+//! lock the head, read positions, read earlier entries of its request_ids, write everything in one
+//! statement; then COMMIT. Commits send a NOTIFY so that watchers on every replica wake up.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,100 +37,12 @@ const LISTENER_RETRY: Duration = Duration::from_secs(1);
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
-/// A locked head, the database's clock when it was locked, and the positions of it that the
-/// batch reads, from the same statement (see `lock_heads`).
+/// A locked head and the database's clock when it was locked.
 #[derive(sqlx::FromRow)]
 struct LockedHeadRow {
     #[sqlx(flatten)]
     head: HeadRow,
     db_now: Timestamp,
-    /// The head's version in the statement's snapshot is the locked one: no transaction
-    /// committed a change to this offering between the snapshot and the lock.
-    positions_current: bool,
-    // The positions read, column by column (None: no position).
-    p_investor_ids: Option<Vec<String>>,
-    p_units: Option<Vec<i64>>,
-    p_update_times: Option<Vec<Timestamp>>,
-    p_demanded_units: Option<Vec<i64>>,
-    p_first_sequences: Option<Vec<i64>>,
-}
-
-impl LockedHeadRow {
-    fn positions(&mut self) -> impl Iterator<Item = Position> + '_ {
-        fn take<T>(column: &mut Option<Vec<T>>) -> std::vec::IntoIter<T> {
-            column.take().unwrap_or_default().into_iter()
-        }
-        let offering_id = self.head.offering_id().to_owned();
-        take(&mut self.p_investor_ids)
-            .zip(take(&mut self.p_units))
-            .zip(take(&mut self.p_update_times))
-            .zip(take(&mut self.p_demanded_units))
-            .zip(take(&mut self.p_first_sequences))
-            .map(
-                move |((((investor_id, units), update_time), demanded_units), first_sequence)| {
-                    Position {
-                        offering_id: offering_id.clone(),
-                        investor_id,
-                        units,
-                        update_time: Some(update_time),
-                        demanded_units,
-                        first_sequence,
-                    }
-                },
-            )
-    }
-}
-
-/// Which positions a batch reads: those of the investors named, and every position of the
-/// offerings whose requests read them all (an allocation).
-struct PositionKeys<'a> {
-    /// With `investor_ids`: (offering, investor) pairs.
-    offering_ids: Vec<&'a str>,
-    investor_ids: Vec<&'a str>,
-    whole: Vec<&'a str>,
-}
-
-impl<'a> PositionKeys<'a> {
-    fn of(work: &'a [OfferingRequests]) -> Self {
-        let mut keys = Self {
-            offering_ids: Vec::new(),
-            investor_ids: Vec::new(),
-            whole: Vec::new(),
-        };
-        for item in work {
-            if item.reads_all_positions() {
-                keys.whole.push(&*item.offering_id);
-                continue;
-            }
-            for investor_id in item.requests.iter().filter_map(|r| r.command.investor_id()) {
-                keys.offering_ids.push(&*item.offering_id);
-                keys.investor_ids.push(investor_id);
-            }
-        }
-        keys
-    }
-}
-
-/// The positions of [`PositionKeys`], given the placeholders of its three arrays: the pairs'
-/// offering_ids and investor_ids, then the whole offerings. Two index lookups, not one query
-/// with OR: "IN (...) OR offering_id = ANY(...)" is planned as a scan of the whole table (4 ms a
-/// batch at 44,000 positions).
-macro_rules! position_select {
-    ($offering_ids:literal, $investor_ids:literal, $whole:literal) => {
-        concat!(
-            "SELECT ",
-            position_columns!(),
-            " FROM investor_position WHERE (offering_id, investor_id) IN (SELECT * FROM UNNEST(",
-            $offering_ids,
-            "::text[], ",
-            $investor_ids,
-            "::text[])) UNION ALL SELECT ",
-            position_columns!(),
-            " FROM investor_position WHERE offering_id = ANY(",
-            $whole,
-            ")"
-        )
-    };
 }
 
 #[derive(Clone)]
@@ -289,75 +199,68 @@ impl PgStore {
     }
 
     /// Locks the heads of every offering in `work`, in offering_id order (the one lock order
-    /// every transaction follows, so two replicas batching overlapping offerings cannot deadlock),
-    /// and in the same statement reads the positions the batch needs ([`PositionKeys`]).
+    /// every transaction follows, so two replicas batching overlapping offerings cannot deadlock).
     ///
     /// Also returns the database's clock, read after the last lock was granted (the outer
     /// SELECT evaluates clock_timestamp() only once the locked rows come up): windows are judged
     /// by one clock for every replica, and after any wait for the lock.
-    ///
-    /// The positions come from the statement's snapshot, taken before any wait for a lock, so
-    /// they are current only if no transaction changed the offering in between; every change
-    /// of a position bumps its head's version under the head lock, so comparing the version
-    /// in the snapshot with the locked one tells. When they differ (another transaction held
-    /// the lock), the positions are read again, after the lock: None. With no contention this
-    /// saves a round trip under the lock.
     async fn lock_heads(
         tx: &mut Transaction<'static, Postgres>,
         work: &[OfferingRequests],
-    ) -> Result<(Vec<Offering>, Option<Vec<Position>>, Option<Timestamp>), StoreError> {
+    ) -> Result<(Vec<Offering>, Option<Timestamp>), StoreError> {
         let offering_ids: Vec<&str> = work.iter().map(|w| &*w.offering_id).collect();
-        let keys = PositionKeys::of(work);
-        let mut rows: Vec<LockedHeadRow> = sqlx::query_as(concat!(
+        let rows: Vec<LockedHeadRow> = sqlx::query_as(concat!(
             "WITH locked AS (SELECT ",
             head_columns!(),
-            " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE), \
-             seen AS (SELECT offering_id, version FROM offering_head WHERE offering_id = ANY($1)), \
-             wanted AS (",
-            position_select!("$2", "$3", "$4"),
-            "), by_offering AS (SELECT offering_id, array_agg(investor_id) AS p_investor_ids, \
-                array_agg(units) AS p_units, array_agg(update_time) AS p_update_times, \
-                array_agg(demanded_units) AS p_demanded_units, array_agg(first_sequence) AS p_first_sequences \
-                FROM wanted GROUP BY offering_id) \
-             SELECT locked.*, clock_timestamp() AS db_now, seen.version = locked.version AS positions_current, \
-                p.p_investor_ids, p.p_units, p.p_update_times, p.p_demanded_units, p.p_first_sequences \
-             FROM locked JOIN seen ON seen.offering_id = locked.offering_id \
-             LEFT JOIN by_offering p ON p.offering_id = locked.offering_id"
+            " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE) \
+             SELECT locked.*, clock_timestamp() AS db_now FROM locked"
         ))
         .bind(&offering_ids)
-        .bind(&keys.offering_ids)
-        .bind(&keys.investor_ids)
-        .bind(&keys.whole)
         .fetch_all(&mut **tx)
         .await?;
         for row in &rows {
             row.head.require_chained()?;
         }
         let now = rows.iter().map(|row| row.db_now).max();
-        let positions = if rows.iter().all(|row| row.positions_current) {
-            Some(rows.iter_mut().flat_map(LockedHeadRow::positions).collect())
-        } else {
-            None
-        };
         let heads = into_offerings(rows.into_iter().map(|row| row.head).collect())?;
-        Ok((heads, positions, now.map(|now| now.trunc_subsecs(6))))
+        Ok((heads, now.map(|now| now.trunc_subsecs(6))))
     }
 
-    /// The positions the batch needs, read after the heads are locked so they are current.
+    /// The positions of the investors named (every position of the offerings whose requests
+    /// read them all), read after the heads are locked so they are current.
     async fn load_positions(
         tx: &mut Transaction<'static, Postgres>,
         work: &[OfferingRequests],
     ) -> Result<Vec<Position>, StoreError> {
-        let keys = PositionKeys::of(work);
-        if keys.investor_ids.is_empty() && keys.whole.is_empty() {
+        let (mut offering_ids, mut investor_ids, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        for item in work {
+            if item.reads_all_positions() {
+                whole.push(&*item.offering_id);
+                continue;
+            }
+            for investor_id in item.requests.iter().filter_map(|r| r.command.investor_id()) {
+                offering_ids.push(&*item.offering_id);
+                investor_ids.push(investor_id);
+            }
+        }
+        if investor_ids.is_empty() && whole.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<PositionRow> = sqlx::query_as(position_select!("$1", "$2", "$3"))
-            .bind(&keys.offering_ids)
-            .bind(&keys.investor_ids)
-            .bind(&keys.whole)
-            .fetch_all(&mut **tx)
-            .await?;
+        // Two index lookups, not one query with OR: "IN (...) OR offering_id = ANY(...)" is
+        // planned as a scan of the whole table (4 ms a batch at 44,000 positions).
+        let rows: Vec<PositionRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE (offering_id, investor_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
+             UNION ALL SELECT ",
+            position_columns!(),
+            " FROM investor_position WHERE offering_id = ANY($3)"
+        ))
+        .bind(&offering_ids)
+        .bind(&investor_ids)
+        .bind(&whole)
+        .fetch_all(&mut **tx)
+        .await?;
         Ok(rows.into_iter().map(Position::from).collect())
     }
 
@@ -395,11 +298,8 @@ impl PgStore {
         known_new: bool,
     ) -> Result<Option<Results>, StoreError> {
         let mut tx = self.pool.begin().await?;
-        let (heads, positions, now) = Self::lock_heads(&mut tx, work).await?;
-        let positions = match positions {
-            Some(positions) => positions,
-            None => Self::load_positions(&mut tx, work).await?,
-        };
+        let (heads, now) = Self::lock_heads(&mut tx, work).await?;
+        let positions = Self::load_positions(&mut tx, work).await?;
         let recorded = if known_new {
             Vec::new()
         } else {

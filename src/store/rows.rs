@@ -41,10 +41,6 @@ pub struct HeadRow {
 }
 
 impl HeadRow {
-    pub fn offering_id(&self) -> &str {
-        &self.offering_id
-    }
-
     /// Appending to an offering whose history is not hashed would link to nothing: writers
     /// refuse it (migrate() hashes every offering before a server serves; only rows loaded
     /// straight into the database since then can lack it, until the next migrate).
