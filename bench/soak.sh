@@ -80,7 +80,7 @@ for scenario in $scenarios; do
     rss=(); for pid in "${pids[@]}"; do rss+=("$(rss_mb "$pid")"); done
     [ "$minute" -eq 1 ] && rss_first="${rss[*]}"
     rss_last="${rss[*]}"
-    echo "soak scenario=$scenario minute=$minute ok_per_s=$rate rss_mb=${rss[*]// /,}"
+    echo "soak scenario=$scenario minute=$minute ok_per_s=$rate rss_mb=$(IFS=,; echo "${rss[*]}")"
   done
   bench_ok=true
   wait "$bench" || bench_ok=false
