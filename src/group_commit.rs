@@ -567,7 +567,10 @@ mod tests {
         let early = submit("early", 2);
         tokio::time::sleep(STALLED_AFTER / 5).await;
         assert_eq!(lock(&committer.state).workers, 1, "no second worker yet");
-        assert!(!in_flight("early"), "it waits for the transaction in flight");
+        assert!(
+            !in_flight("early"),
+            "it waits for the transaction in flight"
+        );
 
         tokio::time::sleep(STALLED_AFTER).await;
         let late = submit("late", 3);
@@ -575,7 +578,10 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(lock(&committer.state).workers, 2);
-        assert!(in_flight("early"), "the second transaction takes everything ready");
+        assert!(
+            in_flight("early"),
+            "the second transaction takes everything ready"
+        );
 
         gate.add_permits(1_000);
         for call in [stuck, early, late] {

@@ -29,6 +29,8 @@ use crate::ledger::{
 /// How long a writer waits for another connection or process to release the write lock before
 /// the call answers UNAVAILABLE.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between tries to open a database another process holds busy (see `SqliteStore::open`).
+const OPEN_RETRY: Duration = Duration::from_millis(50);
 /// Readers run concurrently under WAL; writers queue on the file lock anyway.
 const POOL_CONNECTIONS_MAX: u32 = 8;
 /// How late a WatchHistory stream may see an entry written by another process on the same file:
@@ -65,7 +67,23 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating if missing) the database file; its folder must exist.
+    ///
+    /// Two processes opening a fresh file together both switch it to WAL, and SQLite answers
+    /// the loser SQLITE_BUSY at once, without waiting in the busy handler (a lock upgrade that
+    /// could deadlock). So a busy database is tried again, for up to BUSY_TIMEOUT in all.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let deadline = tokio::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match Self::open_once(path).await {
+                Err(StoreError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(OPEN_RETRY).await;
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    async fn open_once(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
