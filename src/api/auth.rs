@@ -185,7 +185,7 @@ impl Principals {
                 return Err(format!("principal {:?} is named twice", entry.name));
             }
             if let Some(hex) = &entry.token_sha256 {
-                let digest = parse_sha256_hex(hex).ok_or_else(|| {
+                let digest = crate::ledger::chain::parse_hex(hex).ok_or_else(|| {
                     format!(
                         "principal {:?}: token_sha256 must be 64 hex digits",
                         entry.name
@@ -244,17 +244,6 @@ pub fn check_principal_name(name: &str) -> Result<(), String> {
         return Err(format!("principal name {name:?} is reserved"));
     }
     Ok(())
-}
-
-fn parse_sha256_hex(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
-        *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(digest)
 }
 
 /// A fresh bearer token (256 random bits, URL-safe base64) and the hex SHA-256 that the auth

@@ -349,16 +349,7 @@ fn parse_optional_time(field: &str, text: Option<&str>) -> anyhow::Result<Option
     text.map(|text| parse_time(field, text)).transpose()
 }
 
-/// 64 hex digits.
+/// A hash in hex (`chain::hex`), naming the field when it is not one.
 pub fn parse_hash(field: &str, text: &str) -> anyhow::Result<Hash> {
-    let bad = || anyhow!("{field} {text:?} is not 64 hex digits");
-    if text.len() != 64 || !text.is_ascii() {
-        return Err(bad());
-    }
-    let mut hash = [0u8; 32];
-    for (byte, pair) in hash.iter_mut().zip(text.as_bytes().chunks(2)) {
-        let pair = std::str::from_utf8(pair).map_err(|_| bad())?;
-        *byte = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
-    }
-    Ok(hash)
+    chain::parse_hex(text).ok_or_else(|| anyhow!("{field} {text:?} is not 64 hex digits"))
 }

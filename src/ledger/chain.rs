@@ -137,6 +137,21 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A SHA-256 written in hex (64 digits, either case); None for anything else.
+pub fn parse_hex(text: &str) -> Option<Hash> {
+    let digits = text.as_bytes();
+    if digits.len() != 64 {
+        return None;
+    }
+    let digit = |d: u8| char::from(d).to_digit(16);
+    let mut hash = [0u8; 32];
+    for (byte, pair) in hash.iter_mut().zip(digits.chunks(2)) {
+        // Two hex digits make at most 255.
+        *byte = (digit(pair[0])? * 16 + digit(pair[1])?) as u8;
+    }
+    Some(hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +265,16 @@ mod tests {
             hash,
             "the previous hash counts"
         );
+    }
+
+    #[test]
+    fn hex_reads_back_what_it_writes_and_nothing_else() {
+        let hash = entry_hash(&GENESIS, &example());
+        assert_eq!(parse_hex(&hex(&hash)), Some(hash));
+        assert_eq!(parse_hex(&hex(&hash).to_uppercase()), Some(hash));
+        assert_eq!(parse_hex(&hex(&hash)[2..]), None);
+        assert_eq!(parse_hex(&format!("+f{}", &hex(&hash)[2..])), None);
+        assert_eq!(parse_hex(&format!("é{}", &hex(&hash)[2..])), None);
     }
 
     #[test]
