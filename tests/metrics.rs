@@ -4,27 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
+use common::metrics::{scrape, start_server_with_metrics};
 use common::{Backend, TestDb, offering, subscribe};
 use prometheus_parse::{Sample, Scrape, Value};
 use subledger::proto;
-use subledger::server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-async fn scrape(address: SocketAddr) -> Scrape {
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
-    Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("Prometheus text format")
-}
 
 fn find<'a>(scrape: &'a Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<&'a Sample> {
     scrape
@@ -66,14 +49,7 @@ async fn known_calls_move_the_counters_exactly(backend: Backend) {
     let db = TestDb::new(backend)
         .await
         .unwrap_or_else(|| panic!("{backend:?} database"));
-    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_address = metrics_listener.local_addr().unwrap();
-    let server = db
-        .start_server_with(ServerConfig {
-            metrics_listener: Some(metrics_listener),
-            ..ServerConfig::default()
-        })
-        .await;
+    let (server, metrics_address) = start_server_with_metrics(&db).await;
     let before = scrape(metrics_address).await;
     let mut client = server.client().await;
     let deal = format!("deal-{backend:?}");

@@ -8,10 +8,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::metrics::{scrape, start_server_with_metrics};
 use common::{Backend, Client, TestDb, Watching, offering, subscribe};
-use prometheus_parse::{Scrape, Value};
-use subledger::server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use prometheus_parse::Value;
 
 const OFFERINGS: usize = 3;
 const STREAMS_PER_CONNECTION: usize = 50;
@@ -22,16 +21,8 @@ const COMMITS: usize = 30;
 
 /// The sum of a counter's samples whatever their labels; 0 before its first increment.
 async fn counter_total(metrics: SocketAddr, metric: &str) -> f64 {
-    let mut stream = tokio::net::TcpStream::connect(metrics).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+    scrape(metrics)
         .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (_, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let scrape = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    scrape
         .samples
         .iter()
         .filter(|s| s.metric == metric)
@@ -133,14 +124,7 @@ async fn reads_stay_flat_as_watchers_grow(backend: Backend) {
     let db = TestDb::new(backend)
         .await
         .unwrap_or_else(|| panic!("{backend:?} database"));
-    let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = metrics_listener.local_addr().unwrap();
-    let server = db
-        .start_server_with(ServerConfig {
-            metrics_listener: Some(metrics_listener),
-            ..ServerConfig::default()
-        })
-        .await;
+    let (server, metrics) = start_server_with_metrics(&db).await;
     let mut writer = server.client().await;
     let offering_ids: Vec<String> = (0..OFFERINGS).map(|n| format!("deal-{n}")).collect();
     for id in &offering_ids {

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod metrics;
 pub mod tamper;
 pub mod tls;
 
