@@ -357,7 +357,7 @@ mod tests {
 
     use super::*;
     use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
-    use crate::store::{Change, HistoryQuery, SnapshotReader};
+    use crate::store::{Changes, HistoryQuery, SnapshotReader};
 
     /// What the fake store's next transaction does, if not the usual.
     enum Step {
@@ -446,8 +446,8 @@ mod tests {
             Ok(Vec::new())
         }
 
-        fn changes(&self) -> broadcast::Receiver<Change> {
-            broadcast::channel(1).1
+        fn changes(&self) -> Changes {
+            Changes::new(broadcast::channel(1).1, None)
         }
 
         fn unannounced_commits_poll(&self) -> Option<std::time::Duration> {

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{TestDb, Watching, close_and_finalize, offering, subscribe};
+use common::{Backend, TestDb, Watching, close_and_finalize, offering, subscribe};
+use sqlx::Connection;
 use subledger::proto::{self, EntryKind};
 use tokio_stream::StreamExt;
 
@@ -286,3 +287,67 @@ backend_tests!(
     many_watchers_across_replicas_get_every_entry_in_order,
     slow_watcher_catches_up_without_holding_up_a_fast_one
 );
+
+/// The PostgreSQL sessions LISTENing for subledger's commits on the test database.
+async fn listening_sessions(db: &TestDb) -> i64 {
+    let mut connection = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN %'",
+    )
+    .fetch_one(&mut connection)
+    .await
+    .unwrap()
+}
+
+async fn wait_for_listening_sessions(db: &TestDb, expected: i64) {
+    let deadline = tokio::time::Instant::now() + ENTRY_WAIT;
+    loop {
+        let sessions = listening_sessions(db).await;
+        if sessions == expected {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sessions} sessions LISTENing after {ENTRY_WAIT:?}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A replica LISTENs for other replicas' commits only while it has WatchHistory streams: every
+/// commit would otherwise wake a PostgreSQL backend to notify each replica, watched or not. A
+/// stream still gets what another replica commits, and its client leaving releases the LISTEN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_listen_only_while_watched() {
+    let Some(db) = TestDb::new(Backend::Postgres).await else {
+        return;
+    };
+    let watched = db.start_server().await;
+    let writer = db.start_server().await;
+    let mut writer = writer.client().await;
+    writer
+        .create_offering(offering("deal", 100, 0))
+        .await
+        .unwrap();
+    writer
+        .subscribe(subscribe("deal", "alice", 5, "s1"))
+        .await
+        .unwrap();
+    assert_eq!(listening_sessions(&db).await, 0, "no stream, no LISTEN");
+
+    let mut client = watched.client().await;
+    let mut watching = Watching::start(&mut client, "deal").await;
+    watching.reach(2, ENTRY_WAIT).await;
+    wait_for_listening_sessions(&db, 1).await;
+    writer
+        .subscribe(subscribe("deal", "bob", 5, "s2"))
+        .await
+        .unwrap();
+    watching.reach(3, ENTRY_WAIT).await;
+
+    // The client goes away: the server drops the stream, and the LISTEN after a short linger.
+    watching.received.abort();
+    drop(client);
+    wait_for_listening_sessions(&db, 0).await;
+}

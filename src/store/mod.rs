@@ -11,7 +11,7 @@ mod sqlite;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 use crate::ledger::chain::Digest;
 use crate::ledger::verify::{Report, Verifier};
@@ -116,6 +116,55 @@ pub enum Change {
     /// Commits may have gone unannounced (PostgreSQL: the LISTEN connection was lost and is
     /// back): every watched offering must be read again once.
     Missed,
+}
+
+/// A subscription to a store's [`Change`]s. While any is held, a PostgreSQL store listens for
+/// the commits of other replicas; with none held it keeps no listening connection, and the
+/// database sends no notification to this process.
+pub struct Changes {
+    receiver: broadcast::Receiver<Change>,
+    _interest: Option<InterestGuard>,
+}
+
+impl Changes {
+    pub(crate) fn new(
+        receiver: broadcast::Receiver<Change>,
+        interest: Option<InterestGuard>,
+    ) -> Self {
+        Self {
+            receiver,
+            _interest: interest,
+        }
+    }
+
+    pub async fn recv(&mut self) -> Result<Change, broadcast::error::RecvError> {
+        self.receiver.recv().await
+    }
+}
+
+/// How many [`Changes`] are held, for a store that listens only while someone follows.
+#[derive(Clone)]
+pub(crate) struct Interest(Arc<watch::Sender<usize>>);
+
+impl Interest {
+    pub(crate) fn new() -> (Self, watch::Receiver<usize>) {
+        let (holders, watched) = watch::channel(0);
+        (Self(Arc::new(holders)), watched)
+    }
+
+    pub(crate) fn hold(&self) -> InterestGuard {
+        self.0.send_modify(|holders| *holders += 1);
+        InterestGuard(self.0.clone())
+    }
+}
+
+/// One holder of an [`Interest`], counted until dropped.
+pub(crate) struct InterestGuard(Arc<watch::Sender<usize>>);
+
+impl Drop for InterestGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|holders| *holders -= 1);
+    }
 }
 
 /// How many changes a slow reader may fall behind before it must re-read everything it
@@ -279,7 +328,9 @@ pub trait Store: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
 
     /// Changes committed from now on, through this process or (PostgreSQL) any replica.
-    fn changes(&self) -> broadcast::Receiver<Change>;
+    /// PostgreSQL: commits of other replicas are announced once its listener is in place, which
+    /// it then says with [`Change::Missed`] (whatever committed before may be unannounced).
+    fn changes(&self) -> Changes;
 
     /// How often a watched offering must be looked at for commits that [`Store::changes`]
     /// cannot announce: None when it announces every commit.

@@ -13,7 +13,7 @@ use chrono::SubsecRound;
 use futures::TryStreamExt;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::rows::{
@@ -21,7 +21,8 @@ use super::rows::{
     into_entries, into_offerings, position_columns,
 };
 use super::{
-    CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, SnapshotReader, Store, StoreError,
+    CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Interest, PoolStats, SnapshotReader,
+    Store, StoreError,
 };
 use crate::ledger::{
     self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
@@ -39,6 +40,9 @@ const BEGIN_APPLY: &str =
     "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 /// How long a call may wait for a pooled connection before it answers UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the change listener stays after its last follower leaves, so that a watcher that
+/// reconnects does not make it reconnect too.
+const LISTEN_LINGER: Duration = Duration::from_secs(2);
 /// Pause before the change listener reconnects after losing its connection.
 const LISTENER_RETRY: Duration = Duration::from_secs(1);
 
@@ -56,13 +60,15 @@ struct LockedHeadRow {
 pub struct PgStore {
     pool: PgPool,
     changes: broadcast::Sender<Change>,
+    /// Who follows the changes: the listener listens only while someone does.
+    interest: Interest,
     /// Stops the change listener when the last clone of the store is dropped.
     _listener: Arc<DropGuard>,
 }
 
 impl PgStore {
     /// Connects without touching the schema (see [`PgStore::migrate`]) and starts the task that
-    /// turns NOTIFYs into [`Change`]s.
+    /// turns NOTIFYs into [`Change`]s while anyone follows them.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         // Custom plans by default: a generic plan is made once per connection from the statistics
         // of that moment, and one made while history_entry was small scans it in full forever
@@ -80,15 +86,18 @@ impl PgStore {
             .connect_with(options.clone())
             .await?;
         let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
+        let (interest, followers) = Interest::new();
         let stop = CancellationToken::new();
         tokio::spawn(forward_notifications(
             options,
             changes.downgrade(),
+            followers,
             stop.clone(),
         ));
         Ok(Self {
             pool,
             changes,
+            interest,
             _listener: Arc::new(stop.drop_guard()),
         })
     }
@@ -642,8 +651,8 @@ impl Store for PgStore {
         into_entries(rows)
     }
 
-    fn changes(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    fn changes(&self) -> Changes {
+        Changes::new(self.changes.subscribe(), Some(self.interest.hold()))
     }
 
     /// Every commit, on any replica, NOTIFYs the listener; while it reconnects, the changes it
@@ -661,23 +670,51 @@ impl Store for PgStore {
     }
 }
 
-/// Turns NOTIFYs from every replica into [`Change`]s, on a connection of its own (not one of the
-/// pool's, which it would hold forever), reconnecting until the store is dropped (`stop`).
+/// Turns NOTIFYs from every replica into [`Change`]s while anyone follows them, on a connection
+/// of its own (not one of the pool's, which it would hold forever), reconnecting until the store
+/// is dropped (`stop`). With no follower it holds no connection: every replica's commit would
+/// otherwise wake a backend to send this process a notification nobody reads.
 async fn forward_notifications(
     options: PgConnectOptions,
     changes: broadcast::WeakSender<Change>,
+    mut followers: watch::Receiver<usize>,
     stop: CancellationToken,
 ) {
     loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            followed = async { followers.wait_for(|n| *n > 0).await.is_ok() } => {
+                if !followed { return }
+            }
+        }
         let error = tokio::select! {
             () = stop.cancelled() => return,
             error = listen(&options, &changes) => error,
+            // Dropping the listener closes its connection; the next follower listens anew.
+            () = unfollowed(&mut followers) => continue,
         };
         let Some(error) = error else { return };
         tracing::warn!(%error, "change listener lost its connection; watchers re-read once it is back");
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(LISTENER_RETRY) => {}
+        }
+    }
+}
+
+/// Returns once nobody has followed the changes for LISTEN_LINGER.
+async fn unfollowed(followers: &mut watch::Receiver<usize>) {
+    loop {
+        if followers.wait_for(|n| *n == 0).await.is_err() {
+            // The store is gone; `stop` ends the listener.
+            return std::future::pending().await;
+        }
+        let followed_again = async { followers.wait_for(|n| *n > 0).await.is_ok() };
+        if tokio::time::timeout(LISTEN_LINGER, followed_again)
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -698,8 +735,8 @@ async fn listen(
     if let Err(error) = listener.listen(CHANGE_CHANNEL).await {
         return Some(error);
     }
-    // Listening again after a failure: whatever committed meanwhile was never announced. Sent
-    // only now that LISTEN is in place, so a re-read from here misses nothing.
+    // Listening (again): whatever committed before, or while the connection was lost, was never
+    // announced. Sent only now that LISTEN is in place, so a re-read from here misses nothing.
     changes.upgrade()?.send(Change::Missed).ok();
     loop {
         // try_recv, not recv: recv reconnects by itself and the notifications lost on the way

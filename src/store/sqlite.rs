@@ -19,7 +19,8 @@ use super::rows::{
     head_columns, into_entries, into_offerings, position_columns,
 };
 use super::{
-    CHANGE_CHANNEL_CAPACITY, Change, HistoryQuery, PoolStats, SnapshotReader, Store, StoreError,
+    CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store,
+    StoreError,
 };
 use crate::ledger::{
     self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
@@ -540,8 +541,8 @@ impl Store for SqliteStore {
         into_entries(rows)
     }
 
-    fn changes(&self) -> broadcast::Receiver<Change> {
-        self.changes.subscribe()
+    fn changes(&self) -> Changes {
+        Changes::new(self.changes.subscribe(), None)
     }
 
     /// Another process writing the same file commits unseen by this one, and SQLite has no

@@ -22,7 +22,7 @@ use crate::api::convert;
 use crate::api::error::ApiError;
 use crate::ledger::EntryKind;
 use crate::proto;
-use crate::store::{Change, HistoryQuery, Store};
+use crate::store::{Change, Changes, HistoryQuery, Store};
 use crate::telemetry::metrics::{WATCH_POLLS, WATCH_READS};
 
 /// Entries an offering's reader keeps for streams that have not taken them yet. A stream further
@@ -48,11 +48,17 @@ pub(super) struct FedEntry {
 pub struct WatchHub<S> {
     store: S,
     feeds: Arc<Feeds>,
-    /// Stops the task that routes the store's changes to the readers.
-    _dispatcher: DropGuard,
 }
 
-type Feeds = Mutex<HashMap<Arc<str>, Registered>>;
+type Feeds = Mutex<Watched>;
+
+#[derive(Default)]
+struct Watched {
+    readers: HashMap<Arc<str>, Registered>,
+    /// Stops the task that routes the store's changes to the readers, which runs only while
+    /// there are readers: following no changes lets the store stop listening for them.
+    dispatcher: Option<DropGuard>,
+}
 
 /// A watched offering: its reader, and how many streams follow it.
 struct Registered {
@@ -87,29 +93,33 @@ impl Feed {
 }
 
 impl<S: Store> WatchHub<S> {
-    /// Starts the task that routes the store's changes (so: on a tokio runtime).
     pub fn new(store: S) -> Self {
-        let feeds = Arc::new(Feeds::default());
-        let stop = CancellationToken::new();
-        tokio::spawn(dispatch(store.changes(), feeds.clone(), stop.clone()));
         Self {
             store,
-            feeds,
-            _dispatcher: stop.drop_guard(),
+            feeds: Arc::new(Feeds::default()),
         }
     }
 
     /// Follows the offering's reader, starting one whose position is `version` (read before
     /// this call) if the offering has none. The caller reads its backlog only after this: an
     /// entry committed meanwhile then reaches it from the backlog, the reader, or both.
+    ///
+    /// The first follower starts the task that routes the store's changes (so: on a tokio
+    /// runtime), subscribed before this returns, so that no commit announced from here on is lost.
     pub(super) fn follow(&self, offering_id: &str, version: i64) -> Following {
-        let mut feeds = lock(&self.feeds);
-        let registered = match feeds.get_mut(offering_id) {
+        let mut watched = lock(&self.feeds);
+        if watched.dispatcher.is_none() {
+            let stop = CancellationToken::new();
+            let changes = self.store.changes();
+            tokio::spawn(dispatch(changes, self.feeds.clone(), stop.clone()));
+            watched.dispatcher = Some(stop.drop_guard());
+        }
+        let registered = match watched.readers.get_mut(offering_id) {
             Some(registered) => registered,
             None => {
                 let offering_id: Arc<str> = offering_id.into();
                 let registered = self.start_reader(offering_id.clone(), version);
-                feeds.entry(offering_id).or_insert(registered)
+                watched.readers.entry(offering_id).or_insert(registered)
             }
         };
         registered.followers += 1;
@@ -156,7 +166,7 @@ impl<S: Store> WatchHub<S> {
 }
 
 /// One stream's place among the followers of an offering's reader; leaving drops the reader
-/// with its last follower.
+/// with its last follower, and the dispatcher with the last reader.
 pub(super) struct Following {
     pub entries: broadcast::Receiver<Fed>,
     offering_id: Arc<str>,
@@ -165,46 +175,45 @@ pub(super) struct Following {
 
 impl Drop for Following {
     fn drop(&mut self) {
-        let mut feeds = lock(&self.feeds);
-        if let Some(registered) = feeds.get_mut(&self.offering_id) {
+        let mut watched = lock(&self.feeds);
+        if let Some(registered) = watched.readers.get_mut(&self.offering_id) {
             registered.followers -= 1;
             if registered.followers == 0 {
-                feeds.remove(&self.offering_id);
+                watched.readers.remove(&self.offering_id);
             }
+        }
+        if watched.readers.is_empty() {
+            watched.dispatcher = None;
         }
     }
 }
 
-fn lock(feeds: &Feeds) -> MutexGuard<'_, HashMap<Arc<str>, Registered>> {
+fn lock(feeds: &Feeds) -> MutexGuard<'_, Watched> {
     // Nothing panics while holding the lock; if something did, the map is still whole.
     feeds.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Routes the store's changes to the readers of the offerings they concern: one receiver per
 /// process, however many offerings are watched.
-async fn dispatch(
-    mut changes: broadcast::Receiver<Change>,
-    feeds: Arc<Feeds>,
-    stop: CancellationToken,
-) {
+async fn dispatch(mut changes: Changes, feeds: Arc<Feeds>, stop: CancellationToken) {
     loop {
         let change = tokio::select! {
             () = stop.cancelled() => return,
             change = changes.recv() => change,
         };
-        let feeds = lock(&feeds);
+        let watched = lock(&feeds);
         match change {
             Ok(Change::Committed {
                 offering_id,
                 version,
             }) => {
-                if let Some(registered) = feeds.get(&offering_id) {
+                if let Some(registered) = watched.readers.get(&offering_id) {
                     registered.feed.announce(version);
                 }
             }
             // Some announcements were lost: any watched offering may have moved.
             Ok(Change::Missed) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                for registered in feeds.values() {
+                for registered in watched.readers.values() {
                     registered.feed.reread();
                 }
             }
@@ -422,8 +431,8 @@ mod tests {
                 .collect())
         }
 
-        fn changes(&self) -> broadcast::Receiver<Change> {
-            self.changes.subscribe()
+        fn changes(&self) -> Changes {
+            Changes::new(self.changes.subscribe(), None)
         }
 
         fn unannounced_commits_poll(&self) -> Option<Duration> {
@@ -506,13 +515,52 @@ mod tests {
         let first = hub.follow("deal", 1);
         let second = hub.follow("deal", 1);
         drop(first);
-        assert_eq!(lock(&hub.feeds)["deal"].followers, 1);
+        assert_eq!(lock(&hub.feeds).readers["deal"].followers, 1);
         drop(second);
-        assert!(lock(&hub.feeds).is_empty());
+        assert!(lock(&hub.feeds).readers.is_empty());
         // A stopped reader reads nothing more.
         let sequence = store.append("deal");
         store.announce("deal", sequence);
         settle().await;
         assert_eq!(store.reads(), 0);
+    }
+
+    #[tokio::test]
+    async fn the_store_is_followed_only_while_an_offering_is_watched() {
+        let store = HistoryStore::new();
+        store.append("a");
+        store.append("b");
+        let hub = WatchHub::new(store.clone());
+        settle().await;
+        assert_eq!(store.changes.receiver_count(), 0, "no stream, no follower");
+
+        let a = hub.follow("a", 1);
+        assert_eq!(
+            store.changes.receiver_count(),
+            1,
+            "followed before follow returns"
+        );
+        let b = hub.follow("b", 1);
+        assert_eq!(
+            store.changes.receiver_count(),
+            1,
+            "one follower per process"
+        );
+        drop(a);
+        settle().await;
+        assert_eq!(store.changes.receiver_count(), 1, "b is still watched");
+        drop(b);
+        settle().await;
+        assert_eq!(
+            store.changes.receiver_count(),
+            0,
+            "left with the last stream"
+        );
+
+        // Watched again: followed again, and announcements reach the new reader.
+        let mut a = hub.follow("a", 1);
+        let sequence = store.append("a");
+        store.announce("a", sequence);
+        assert_eq!(next_sequence(&mut a).await, 2);
     }
 }
