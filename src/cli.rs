@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::ServiceLimits;
 use crate::api::auth::{Authenticator, Role, check_principal_name, new_token};
 use crate::server::{ConnectionLimits, ServerConfig};
-use crate::store::{PgStore, SqliteStore, Store};
+use crate::store::{PgSettings, PgStore, PgTargets, SqliteStore, Store};
 use crate::telemetry::{self, LogFormat};
 
 /// The SQLite file's name inside --data-dir.
@@ -157,7 +157,9 @@ fn parse_role(name: &str) -> Result<Role, String> {
 
 #[derive(Args)]
 struct DatabaseArgs {
-    /// postgres://... or sqlite://PATH; unset: the SQLite file subledger.db in --data-dir.
+    /// postgres://USER@HOST[:PORT][,HOST2[:PORT2]...]/DB or sqlite://PATH; unset: the SQLite
+    /// file subledger.db in --data-dir. With several PostgreSQL hosts, the one that takes
+    /// writes is used and followed through a failover (target_session_attrs=read-write).
     #[arg(long, env = "DATABASE_URL")]
     database_url: Option<String>,
     /// Folder of the embedded SQLite database (created if missing).
@@ -166,6 +168,11 @@ struct DatabaseArgs {
     /// PostgreSQL connections per process.
     #[arg(long, env = "SUBLEDGER_MAX_CONNECTIONS", default_value_t = 16)]
     max_connections: u32,
+    /// PostgreSQL: a statement with no answer for this long is abandoned and its connection
+    /// closed, and the primary looked for again (a partition sends no error). Keep it above
+    /// lock_timeout (10s) and a synchronous commit's wait.
+    #[arg(long, env = "SUBLEDGER_DB_IO_TIMEOUT", default_value = "15s", value_parser = crate::duration::parse)]
+    db_io_timeout: Duration,
 }
 
 enum Database {
@@ -174,6 +181,13 @@ enum Database {
 }
 
 impl DatabaseArgs {
+    fn postgres_settings(&self) -> PgSettings {
+        PgSettings {
+            max_connections: self.max_connections,
+            io_timeout: self.db_io_timeout,
+        }
+    }
+
     fn database(&self) -> anyhow::Result<Database> {
         let Some(url) = &self.database_url else {
             return Ok(Database::Sqlite(self.data_dir.join(SQLITE_FILE_NAME)));
@@ -187,11 +201,14 @@ impl DatabaseArgs {
         {
             let path = path.split('?').next().unwrap_or_default();
             if path.is_empty() {
-                bail!("database URL {url:?} names no file (expected sqlite://PATH)");
+                bail!("the database URL names no file (expected sqlite://PATH)");
             }
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
-        bail!("database URL {url:?} is neither postgres://... nor sqlite://PATH")
+        bail!(
+            "the database URL is neither postgres://... nor sqlite://PATH (it starts with {:?})",
+            url.chars().take(12).collect::<String>()
+        )
     }
 
     /// The database, which must already exist: an audit never creates an empty one.
@@ -248,7 +265,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
     match args.database()? {
         Database::Postgres(url) => {
-            open_postgres(&url, args.max_connections).await?;
+            open_postgres(&url, args.postgres_settings()).await?;
             tracing::info!(backend = "postgres", database = %describe_pg(&url), "migrations applied");
         }
         Database::Sqlite(path) => {
@@ -280,7 +297,7 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         }
         None => match args.database.existing_database()? {
             Database::Postgres(url) => {
-                let store = connect_postgres(&url, args.database.max_connections).await?;
+                let store = connect_postgres(&url, args.database.postgres_settings()).await?;
                 crate::audit::verify_database(&store, &args.offerings, digests, &mut out).await?
             }
             Database::Sqlite(path) => {
@@ -309,7 +326,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
     };
     let lines = match args.database.existing_database()? {
         Database::Postgres(url) => {
-            let store = connect_postgres(&url, args.database.max_connections).await?;
+            let store = connect_postgres(&url, args.database.postgres_settings()).await?;
             crate::audit::export(&store, &args.offering, out).await?
         }
         Database::Sqlite(path) => {
@@ -342,7 +359,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mutual_tls = args.tls_client_ca.is_some();
     match database {
         Database::Postgres(url) => {
-            let store = open_postgres(&url, args.database.max_connections).await?;
+            let store = open_postgres(&url, args.database.postgres_settings()).await?;
             tracing::info!(%address, backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
             serve_until_shutdown(store, listener, config, shutdown).await
         }
@@ -453,8 +470,8 @@ fn print_new_token(name: &str, roles: &[Role]) -> anyhow::Result<()> {
 }
 
 /// Connects and applies pending migrations.
-pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
-    let store = connect_postgres(url, max_connections).await?;
+pub async fn open_postgres(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
+    let store = connect_postgres(url, settings).await?;
     store
         .migrate()
         .await
@@ -463,8 +480,8 @@ pub async fn open_postgres(url: &str, max_connections: u32) -> anyhow::Result<Pg
 }
 
 /// Connects and changes nothing: an audit reads the database as it is.
-async fn connect_postgres(url: &str, max_connections: u32) -> anyhow::Result<PgStore> {
-    PgStore::connect(url, max_connections)
+async fn connect_postgres(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
+    PgStore::connect(url, settings)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {}", describe_pg(url)))
 }
@@ -492,15 +509,11 @@ pub async fn open_sqlite(path: &Path) -> anyhow::Result<SqliteStore> {
     Ok(store)
 }
 
-/// host:port/database of a PostgreSQL URL, without credentials, for logs and errors.
+/// host:port[,host:port...]/database of a PostgreSQL URL, without credentials, for logs and
+/// errors.
 fn describe_pg(url: &str) -> String {
-    match url.parse::<sqlx::postgres::PgConnectOptions>() {
-        Ok(options) => format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("")
-        ),
+    match url.parse::<PgTargets>() {
+        Ok(targets) => targets.describe(),
         Err(_) => "an unparsable URL".to_owned(),
     }
 }

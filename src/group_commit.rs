@@ -68,6 +68,8 @@ pub struct QueueFull {
 
 struct Pending {
     request: Request,
+    /// How long the caller waits; its transaction tries through a failover until then.
+    deadline: Instant,
     reply: oneshot::Sender<Outcome>,
 }
 
@@ -167,9 +169,15 @@ impl<S: Store> GroupCommitter<S> {
         }
     }
 
-    /// Queues `request` for `offering_id` and waits for the transaction that applies it.
-    /// The request is applied even if the caller stops waiting: a retry will find it recorded.
-    pub async fn submit(&self, offering_id: &str, request: Request) -> Result<Outcome, QueueFull> {
+    /// Queues `request` for `offering_id` and waits for the transaction that applies it, which
+    /// tries through a failover until `deadline`. The request is applied even if the caller
+    /// stops waiting: a retry will find it recorded.
+    pub async fn submit(
+        &self,
+        offering_id: &str,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Outcome, QueueFull> {
         let (reply, outcome) = oneshot::channel();
         let start_worker = {
             let mut state = lock(&self.state);
@@ -186,7 +194,11 @@ impl<S: Store> GroupCommitter<S> {
                 });
             }
             state.queued_total += 1;
-            let pending = Pending { request, reply };
+            let pending = Pending {
+                request,
+                deadline,
+                reply,
+            };
             match state.queued.get_mut(offering_id) {
                 Some(queue) => queue.push(pending),
                 None => {
@@ -221,7 +233,7 @@ impl<S: Store> GroupCommitter<S> {
             taken: Vec::new(),
         };
         loop {
-            let (work, replies) = match self.take_batch(&guard.taken) {
+            let (work, replies, deadline) = match self.take_batch(&guard.taken) {
                 Some(batch) => batch,
                 None => break,
             };
@@ -233,7 +245,7 @@ impl<S: Store> GroupCommitter<S> {
             metrics.offerings.record(work.len() as f64);
             metrics.in_flight.increment(1);
             let started = Instant::now();
-            let applied = self.store.apply(&work).await;
+            let applied = self.store.apply(&work, deadline).await;
             metrics.duration.record(started.elapsed().as_secs_f64());
             metrics.in_flight.decrement(1);
             match applied {
@@ -242,7 +254,7 @@ impl<S: Store> GroupCommitter<S> {
                 // not fail the others that shared its transaction: try each on its own.
                 Err(error) if work.len() > 1 && error.may_concern_one_offering() => {
                     for (item, offering_replies) in work.iter().zip(replies) {
-                        match self.store.apply(std::slice::from_ref(item)).await {
+                        match self.store.apply(std::slice::from_ref(item), deadline).await {
                             Ok(results) => answer(vec![offering_replies], results),
                             Err(error) => fail(offering_replies, error),
                         }
@@ -254,13 +266,17 @@ impl<S: Store> GroupCommitter<S> {
     }
 
     /// Marks the offerings of the last transaction done, then takes up to BATCH_REQUESTS_MAX
-    /// queued requests, whole offerings in the order they became ready. None (and the worker
-    /// retires) when nothing is ready.
+    /// queued requests, whole offerings in the order they became ready, with the latest of
+    /// their callers' deadlines. None (and the worker retires) when nothing is ready.
     #[allow(clippy::type_complexity)]
     fn take_batch(
         &self,
         done: &[Arc<str>],
-    ) -> Option<(Vec<OfferingRequests>, Vec<Vec<oneshot::Sender<Outcome>>>)> {
+    ) -> Option<(
+        Vec<OfferingRequests>,
+        Vec<Vec<oneshot::Sender<Outcome>>>,
+        Instant,
+    )> {
         let mut guard = lock(&self.state);
         // One &mut for the whole body, so that its fields can be borrowed apart.
         let state = &mut *guard;
@@ -269,6 +285,7 @@ impl<S: Store> GroupCommitter<S> {
         let mut work = Vec::new();
         let mut replies = Vec::new();
         let mut taken = 0;
+        let mut deadline = Instant::now();
         while taken < BATCH_REQUESTS_MAX {
             let Some(offering_id) = state.ready.pop_front() else {
                 break;
@@ -285,6 +302,10 @@ impl<S: Store> GroupCommitter<S> {
             // A partly taken offering stays out of `ready` until this transaction ends.
             state.in_flight.insert(offering_id.clone());
             taken += batch.len();
+            deadline = batch
+                .iter()
+                .map(|p| p.deadline)
+                .fold(deadline, Instant::max);
             let (requests, offering_replies): (Vec<Request>, Vec<_>) =
                 batch.into_iter().map(|p| (p.request, p.reply)).unzip();
             work.push(OfferingRequests {
@@ -297,7 +318,7 @@ impl<S: Store> GroupCommitter<S> {
             state.workers -= 1;
             return None;
         }
-        Some((work, replies))
+        Some((work, replies, deadline))
     }
 }
 
@@ -393,11 +414,16 @@ mod tests {
         async fn create_offering(
             &self,
             _: &NewOffering,
+            _: Instant,
         ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
             unreachable!("the committer never creates")
         }
 
-        async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
+        async fn apply(
+            &self,
+            work: &[OfferingRequests],
+            _: Instant,
+        ) -> Result<Results, StoreError> {
             let _pass = self.gate.acquire().await.expect("gate open");
             self.transactions
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -459,8 +485,14 @@ mod tests {
                 size: 0,
                 idle: 0,
                 max: 0,
+                primary: None,
             }
         }
+    }
+
+    /// A caller's deadline that no test reaches.
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(60)
     }
 
     fn request(n: usize) -> Request {
@@ -486,7 +518,8 @@ mod tests {
         // Polled once, a submission is queued (Pending) or refused (Ready) at once.
         let mut submit_until_full = |offering: &dyn Fn(usize) -> String, n: &mut usize| loop {
             let (committer, offering_id, request) = (committer.clone(), offering(*n), request(*n));
-            let mut call = Box::pin(async move { committer.submit(&offering_id, request).await });
+            let mut call =
+                Box::pin(async move { committer.submit(&offering_id, request, soon()).await });
             *n += 1;
             match futures::FutureExt::now_or_never(&mut call) {
                 None => queued.push(call),
@@ -528,9 +561,9 @@ mod tests {
     async fn a_failed_transaction_answers_its_callers_and_the_next_goes_on() {
         let store = GatedStore::new(1_000, vec![Step::Fail]);
         let committer = GroupCommitter::new(store.clone());
-        let failed = committer.submit("deal", request(1)).await.unwrap();
+        let failed = committer.submit("deal", request(1), soon()).await.unwrap();
         assert!(matches!(&failed, Err(error) if matches!(**error, StoreError::Unavailable(_))));
-        let next = committer.submit("deal", request(2)).await.unwrap();
+        let next = committer.submit("deal", request(2), soon()).await.unwrap();
         assert!(not_found(&next), "{next:?}");
         retired(&committer).await;
     }
@@ -557,7 +590,7 @@ mod tests {
         let committer = GroupCommitter::new(store.clone());
         let submit = |offering: &str, n| {
             let (committer, offering) = (committer.clone(), offering.to_owned());
-            tokio::spawn(async move { committer.submit(&offering, request(n)).await })
+            tokio::spawn(async move { committer.submit(&offering, request(n), soon()).await })
         };
         let in_flight = |offering: &str| lock(&committer.state).in_flight.contains(offering);
         let stuck = submit("stuck", 1);
@@ -600,9 +633,11 @@ mod tests {
         let calls: Vec<_> = (0..20)
             .map(|n| {
                 let committer = committer.clone();
-                tokio::spawn(
-                    async move { committer.submit(&format!("o{}", n % 4), request(n)).await },
-                )
+                tokio::spawn(async move {
+                    committer
+                        .submit(&format!("o{}", n % 4), request(n), soon())
+                        .await
+                })
             })
             .collect();
         loop {
@@ -626,7 +661,7 @@ mod tests {
         }
         assert!(errors >= 1, "the panicked transaction's callers are told");
         assert_eq!(errors + applied, 20, "every caller is answered");
-        let later = committer.submit("o1", request(99)).await.unwrap();
+        let later = committer.submit("o1", request(99), soon()).await.unwrap();
         assert!(not_found(&later));
         retired(&committer).await;
         assert_eq!(lock(&committer.state).queued_total, 0);

@@ -3,79 +3,13 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{BINARY, START_WAIT, ServerProcess, free_address};
 use common::{Client, TestDb, assert_ledger_consistent, full_history, offering, subscribe};
-use tokio::process::{Child, Command};
-
-const BINARY: &str = env!("CARGO_BIN_EXE_subledger");
-const START_WAIT: Duration = Duration::from_secs(30);
-
-struct ServerProcess {
-    child: Child,
-    address: SocketAddr,
-}
-
-impl ServerProcess {
-    async fn start(database_url: &str, address: SocketAddr) -> Self {
-        let child = Command::new(BINARY)
-            .args([
-                "serve",
-                "--listen",
-                &address.to_string(),
-                "--database-url",
-                database_url,
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start subledger");
-        Self { child, address }
-    }
-
-    async fn client(&self) -> Client {
-        let deadline = tokio::time::Instant::now() + START_WAIT;
-        loop {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
-                    .unwrap()
-                    .connect()
-                    .await
-            {
-                return subledger::proto::subscription_ledger_client::SubscriptionLedgerClient::new(
-                    channel,
-                );
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "subledger did not start listening within {START_WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-}
-
-/// A port free right now, for a server process to bind.
-fn free_address() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+use tokio::process::Command;
 
 async fn acknowledged_subscribes_survive_kill_9(db: TestDb) {
     const LOADERS: usize = 16;

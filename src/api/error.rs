@@ -191,9 +191,14 @@ impl ApiError {
             },
             Self::Store(error) => match error.as_ref() {
                 StoreError::Unavailable(_) => (Code::Unavailable, "DATABASE_UNAVAILABLE", vec![]),
-                StoreError::Database(_) | StoreError::Corrupt(_) | StoreError::Migrate(_) => {
-                    (Code::Internal, "INTERNAL", vec![])
+                StoreError::CommitOutcomeUnknown(_) => {
+                    (Code::Unavailable, "COMMIT_OUTCOME_UNKNOWN", vec![])
                 }
+                StoreError::Database(_)
+                | StoreError::Corrupt(_)
+                | StoreError::Migrate(_)
+                | StoreError::Config(_)
+                | StoreError::NoWriter(_) => (Code::Internal, "INTERNAL", vec![]),
             },
             Self::Overloaded(full) => {
                 let reason = match full.scope {
@@ -240,6 +245,9 @@ impl From<ApiError> for Status {
             ApiError::Store(store_error) => match store_error.as_ref() {
                 StoreError::Unavailable(_) => {
                     "the database is unavailable; retry with the same request_id".to_owned()
+                }
+                StoreError::CommitOutcomeUnknown(_) => {
+                    "the database became unavailable while committing and the outcome could not be learned in time; retry with the same request_id, which applies it at most once".to_owned()
                 }
                 _ => "internal error; see the server log".to_owned(),
             },

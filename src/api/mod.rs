@@ -11,7 +11,7 @@ mod watch;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -84,15 +84,18 @@ impl<S: Store> LedgerService<S> {
         &self,
         offering_id: &str,
         request_id: String,
-        actor: Arc<str>,
+        caller: Caller,
         command: Command,
     ) -> Result<Applied, ApiError> {
         let request = ledger::Request {
             request_id,
-            actor,
+            actor: caller.actor,
             command,
         };
-        Ok(self.committer.submit(offering_id, request).await???)
+        Ok(self
+            .committer
+            .submit(offering_id, request, caller.deadline)
+            .await???)
     }
 
     /// CloseOffering, FinalizeOffering and AllocateOffering: the same request, a different
@@ -103,7 +106,7 @@ impl<S: Store> LedgerService<S> {
         offering_id: String,
         expected_version: i64,
         request_id: String,
-        actor: Arc<str>,
+        caller: Caller,
         command: fn(i64) -> Command,
     ) -> Result<Response<proto::Offering>, Status> {
         traced(self.call(method, &offering_id, &request_id), async move {
@@ -111,7 +114,7 @@ impl<S: Store> LedgerService<S> {
             validate::not_negative("expected_version", expected_version)?;
             let request_id = validate::id_or_new("request_id", request_id)?;
             let applied = self
-                .mutate(&offering_id, request_id, actor, command(expected_version))
+                .mutate(&offering_id, request_id, caller, command(expected_version))
                 .await?;
             Ok(convert::offering(applied.offering))
         })
@@ -144,8 +147,61 @@ impl<S: Store> LedgerService<S> {
     }
 }
 
-/// The ids are logged before they are validated, so they are cut to a valid id's length: a
-/// caller cannot write megabytes into the log with one request.
+/// How long a mutation may keep trying through a database failover when the caller set no
+/// deadline: longer than pg_auto_failover takes to promote a standby after losing its primary.
+const DEFAULT_CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// The share of the caller's own deadline (grpc-timeout) a mutation may spend: the rest is left
+/// for the answer to reach the caller before it gives up.
+const DEADLINE_SHARE: f64 = 0.9;
+
+/// Who calls a mutation, and until when it waits.
+struct Caller {
+    /// Recorded as the entries' actor.
+    actor: Arc<str>,
+    /// Until when the mutation may try through a failover: most of the caller's grpc-timeout,
+    /// or DEFAULT_CALL_DEADLINE without one.
+    deadline: Instant,
+}
+
+impl Caller {
+    fn of<T>(request: &Request<T>) -> Self {
+        Self {
+            actor: auth::actor(request),
+            deadline: caller_deadline(request),
+        }
+    }
+}
+
+fn caller_deadline<T>(request: &Request<T>) -> Instant {
+    let timeout = request
+        .metadata()
+        .get("grpc-timeout")
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(DEFAULT_CALL_DEADLINE, |timeout| {
+            timeout.mul_f64(DEADLINE_SHARE)
+        });
+    Instant::now() + timeout
+}
+
+/// The grpc-timeout header: at most 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 /// One call's tracing span and metric handles.
 struct Call {
     span: tracing::Span,
@@ -219,13 +275,13 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CreateOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         traced(
             self.call("CreateOffering", &r.offering_id, &r.request_id),
             async move {
-                let new = validate::new_offering(r, actor, crate::store::now())?;
-                match self.store.create_offering(&new).await?? {
+                let new = validate::new_offering(r, caller.actor, crate::store::now())?;
+                match self.store.create_offering(&new, caller.deadline).await?? {
                     CreateOutcome::Created(offering) | CreateOutcome::Replayed(offering) => {
                         Ok(convert::offering(offering))
                     }
@@ -290,7 +346,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CloseOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let close = |expected_version| Command::Close { expected_version };
         self.change_status(
@@ -298,7 +354,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.offering_id,
             r.expected_version,
             r.request_id,
-            actor,
+            caller,
             close,
         )
         .await
@@ -308,7 +364,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::FinalizeOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let finalize = |expected_version| Command::Finalize { expected_version };
         self.change_status(
@@ -316,7 +372,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.offering_id,
             r.expected_version,
             r.request_id,
-            actor,
+            caller,
             finalize,
         )
         .await
@@ -326,7 +382,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::AllocateOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         let allocate = |expected_version| Command::Allocate { expected_version };
         self.change_status(
@@ -334,7 +390,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
             r.offering_id,
             r.expected_version,
             r.request_id,
-            actor,
+            caller,
             allocate,
         )
         .await
@@ -344,7 +400,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::AmendOfferingRequest>,
     ) -> Result<Response<proto::Offering>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         traced(
             self.call("AmendOffering", &r.offering_id, &r.request_id),
@@ -358,7 +414,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     changes,
                 };
                 let applied = self
-                    .mutate(&r.offering_id, request_id, actor, command)
+                    .mutate(&r.offering_id, request_id, caller, command)
                     .await?;
                 Ok(convert::offering(applied.offering))
             },
@@ -370,7 +426,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::SubscribeRequest>,
     ) -> Result<Response<proto::SubscribeResponse>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         traced(
             self.call("Subscribe", &r.offering_id, &r.request_id),
@@ -384,7 +440,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     units: r.units,
                 };
                 let applied = self
-                    .mutate(&r.offering_id, r.request_id, actor, command)
+                    .mutate(&r.offering_id, r.request_id, caller, command)
                     .await?;
                 let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::SubscribeResponse {
@@ -402,7 +458,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         &self,
         request: Request<proto::CancelRequest>,
     ) -> Result<Response<proto::CancelResponse>, Status> {
-        let actor = auth::actor(&request);
+        let caller = Caller::of(&request);
         let r = request.into_inner();
         traced(
             self.call("Cancel", &r.offering_id, &r.request_id),
@@ -416,7 +472,7 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
                     units: r.units,
                 };
                 let applied = self
-                    .mutate(&r.offering_id, r.request_id, actor, command)
+                    .mutate(&r.offering_id, r.request_id, caller, command)
                     .await?;
                 let (entry, offering, position, replayed) = convert::applied(applied);
                 Ok(proto::CancelResponse {

@@ -10,6 +10,7 @@ mod sqlite;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::{broadcast, watch};
 
@@ -20,7 +21,7 @@ use crate::ledger::{
 };
 pub use crate::telemetry::metrics::PoolStats;
 
-pub use postgres::PgStore;
+pub use postgres::{DEFAULT_IO_TIMEOUT, PgSettings, PgStore, PgTargets};
 pub use sqlite::{LIST_OFFERINGS_SQL as SQLITE_LIST_OFFERINGS_SQL, SqliteStore};
 
 /// Errors of the storage itself, as opposed to a ledger rule refusing a request.
@@ -29,12 +30,23 @@ pub enum StoreError {
     /// The database cannot be reached or gave up (connection refused, pool timed out, busy).
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// The connection failed while COMMIT was on its way, and the outcome could not be looked
+    /// up before the caller's deadline: the transaction may or may not have committed. A retry
+    /// with the same request_id is safe and tells.
+    #[error("database unavailable while committing; the outcome is unknown: {0}")]
+    CommitOutcomeUnknown(#[source] sqlx::Error),
     /// Anything else the database said: a bug or a broken schema, never the caller's doing.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
     /// A stored value no migration writes.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The database URL cannot be used (only ever before a server serves).
+    #[error("{0}")]
+    Config(String),
+    /// No host of the database URL takes writes (only ever before a server serves).
+    #[error("{0}")]
+    NoWriter(String),
     /// A migration failed (only ever from `migrate()`, before a server serves).
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -66,8 +78,12 @@ impl StoreError {
             Self::Unavailable(E::Database(db)) => db
                 .code()
                 .is_some_and(|code| is_refusal_of_one_transaction(&code)),
-            Self::Unavailable(_) => false,
-            Self::Database(_) | Self::Corrupt(_) | Self::Migrate(_) => true,
+            Self::Unavailable(_) | Self::CommitOutcomeUnknown(_) => false,
+            Self::Database(_)
+            | Self::Corrupt(_)
+            | Self::Migrate(_)
+            | Self::Config(_)
+            | Self::NoWriter(_) => true,
         }
     }
 }
@@ -79,14 +95,16 @@ fn is_refusal_of_one_transaction(code: &str) -> bool {
 }
 
 /// PostgreSQL: SQLSTATE class 08 (connection), 57P (shutdown, restart), 53300 (too many
-/// connections), and the refusals of one transaction above: a retry with the same request_id is
-/// safe. SQLite (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
+/// connections), 25006 (a read-only session: the host is, or has become, a standby), and the
+/// refusals of one transaction above: a retry with the same request_id is safe. SQLite
+/// (numeric, extended codes): BUSY and LOCKED once the busy timeout ran out.
 fn is_unavailable_code(code: Option<&str>) -> bool {
     match code {
         Some(pg) if pg.len() == 5 => {
             pg.starts_with("08")
                 || pg.starts_with("57P")
                 || pg == "53300"
+                || pg == READ_ONLY_SQL_TRANSACTION
                 || is_refusal_of_one_transaction(pg)
         }
         Some(sqlite) => sqlite
@@ -95,6 +113,9 @@ fn is_unavailable_code(code: Option<&str>) -> bool {
         None => false,
     }
 }
+
+/// SQLSTATE read_only_sql_transaction: a write reached a standby.
+pub(crate) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 
 /// Entries the backfill of the hash chain reads, hashes and writes back at a time: bounds its
 /// memory whatever an offering's length, while a page still costs few round trips.
@@ -260,22 +281,27 @@ impl SnapshotReader for Verification<'_> {
 
 /// The storage a subledger server runs on.
 pub trait Store: Clone + Send + Sync + 'static {
-    /// Answers when the database does (health checks).
+    /// Answers when the database does and would take a write (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Creates the offering, or recognises a retry of the request that created it.
+    /// Creates the offering, or recognises a retry of the request that created it. Through a
+    /// failover (PostgreSQL) it tries again on the new primary until `deadline`.
     fn create_offering(
         &self,
         new: &NewOffering,
+        deadline: Instant,
     ) -> impl Future<Output = Result<Result<CreateOutcome, Rejection>, StoreError>> + Send;
 
     /// Applies the requests of one or more offerings (each offering once) in ONE transaction:
     /// the heads are locked in offering_id order, then each offering's requests are validated in
     /// order against the state the previous ones left. One result per request; a rejected request
     /// changes nothing; the requests of an offering that does not exist get OfferingNotFound.
+    /// Through a failover (PostgreSQL) it tries again on the new primary until `deadline`,
+    /// looking the request_ids up first in case the lost attempt committed.
     fn apply(
         &self,
         work: &[OfferingRequests],
+        deadline: Instant,
     ) -> impl Future<Output = Result<Results, StoreError>> + Send;
 
     fn get_offering(

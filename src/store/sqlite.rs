@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -363,9 +363,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    /// One file, no failover: `deadline` is not needed.
     async fn create_offering(
         &self,
         new: &NewOffering,
+        _deadline: Instant,
     ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
         let (head, entry) = new.first_rows(super::now());
         let _writer = self.writer.lock().await;
@@ -394,7 +396,11 @@ impl Store for SqliteStore {
         Ok(Ok(CreateOutcome::Created(head)))
     }
 
-    async fn apply(&self, work: &[OfferingRequests]) -> Result<Results, StoreError> {
+    async fn apply(
+        &self,
+        work: &[OfferingRequests],
+        _deadline: Instant,
+    ) -> Result<Results, StoreError> {
         // The write lock is the whole database's: every offering in `work` is covered by it.
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
@@ -557,6 +563,7 @@ impl Store for SqliteStore {
             size: self.pool.size(),
             idle: self.pool.num_idle() as u32,
             max: POOL_CONNECTIONS_MAX,
+            primary: None,
         }
     }
 }

@@ -25,6 +25,9 @@ pub const COMMIT_DURATION: &str = "subledger_commit_duration_seconds";
 pub const QUEUED_REQUESTS: &str = "subledger_queued_requests";
 pub const TRANSACTIONS_IN_FLIGHT: &str = "subledger_transactions_in_flight";
 pub const DB_CONNECTIONS: &str = "subledger_db_connections";
+pub const DB_WRITABLE: &str = "subledger_db_writable";
+pub const DB_PRIMARY_CHANGES: &str = "subledger_db_primary_changes_total";
+pub const DB_HOSTS: &str = "subledger_db_hosts";
 pub const WATCH_STREAMS: &str = "subledger_watch_streams";
 pub const WATCH_READS: &str = "subledger_watch_reads_total";
 pub const WATCH_POLLS: &str = "subledger_watch_polls_total";
@@ -101,6 +104,18 @@ fn describe() {
     describe_gauge!(
         DB_CONNECTIONS,
         "Database pool connections, by state (idle, in_use) and the pool's maximum (max)."
+    );
+    describe_gauge!(
+        DB_WRITABLE,
+        "PostgreSQL: 1 while a host takes this process's writes, 0 while writes wait for one (a failover, a partition)."
+    );
+    describe_counter!(
+        DB_PRIMARY_CHANGES,
+        "PostgreSQL: times this process moved its writes to another host of a multi-host URL."
+    );
+    describe_gauge!(
+        DB_HOSTS,
+        "PostgreSQL: each host of the URL, 1 for the role it had when last probed (primary, standby, unreachable, unknown) and 0 for the others."
     );
     describe_gauge!(WATCH_STREAMS, "WatchHistory streams open on this process.");
     describe_counter!(
@@ -211,12 +226,27 @@ fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Connections of a database pool at one moment.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PoolStats {
     pub size: u32,
     pub idle: u32,
     pub max: u32,
+    /// PostgreSQL: the host that takes writes, as this process follows it.
+    pub primary: Option<PrimaryStats>,
 }
+
+/// The primary as a PostgreSQL store follows it (see store::postgres::primary).
+#[derive(Clone, Debug)]
+pub struct PrimaryStats {
+    pub writable: bool,
+    pub changes: u64,
+    /// Each host (`host:port`) and its role as last seen: primary, standby, unreachable or
+    /// unknown.
+    pub hosts: Vec<(String, &'static str)>,
+}
+
+/// Every role a host can be shown in, so that a host's old role reads 0 once it changed.
+const HOST_ROLES: [&str; 4] = ["primary", "standby", "unreachable", "unknown"];
 
 /// Serves `GET /metrics` on `listener` until `shutdown`; `sample` sets the gauges that are read
 /// at scrape time (the pool's connections) just before each render.
@@ -234,6 +264,16 @@ pub async fn serve(
         metrics::gauge!(DB_CONNECTIONS, "state" => "in_use")
             .set(pool.size.saturating_sub(pool.idle));
         metrics::gauge!(DB_CONNECTIONS, "state" => "max").set(pool.max);
+        if let Some(primary) = &pool.primary {
+            metrics::gauge!(DB_WRITABLE).set(if primary.writable { 1.0 } else { 0.0 });
+            metrics::counter!(DB_PRIMARY_CHANGES).absolute(primary.changes);
+            for (host, role) in &primary.hosts {
+                for shown in HOST_ROLES {
+                    let value = if shown == *role { 1.0 } else { 0.0 };
+                    metrics::gauge!(DB_HOSTS, "host" => host.clone(), "role" => shown).set(value);
+                }
+            }
+        }
         process.collect();
         handle.render()
     });

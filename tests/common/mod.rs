@@ -11,6 +11,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod metrics;
+pub mod process;
 pub mod tamper;
 pub mod tls;
 
@@ -123,7 +124,7 @@ impl TestDb {
         let token = shutdown.clone();
         let task = match self.backend {
             Backend::Postgres => {
-                let store = subledger::cli::open_postgres(url, 16)
+                let store = subledger::cli::open_postgres(url, Default::default())
                     .await
                     .expect("open PostgreSQL store");
                 tokio::spawn(async move {
@@ -252,7 +253,17 @@ impl TestDb {
     /// history that lacks its hash.
     pub async fn migrate(&self) {
         match self.backend {
-            Backend::Postgres => drop(subledger::cli::open_postgres(&self.url, 1).await.unwrap()),
+            Backend::Postgres => drop(
+                subledger::cli::open_postgres(
+                    &self.url,
+                    subledger::store::PgSettings {
+                        max_connections: 1,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap(),
+            ),
             Backend::Sqlite => drop(
                 subledger::cli::open_sqlite(&self.sqlite_path())
                     .await

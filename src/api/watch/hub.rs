@@ -387,11 +387,16 @@ mod tests {
         async fn create_offering(
             &self,
             _: &NewOffering,
+            _: std::time::Instant,
         ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
             unreachable!("watching never creates")
         }
 
-        async fn apply(&self, _: &[OfferingRequests]) -> Result<Results, StoreError> {
+        async fn apply(
+            &self,
+            _: &[OfferingRequests],
+            _: std::time::Instant,
+        ) -> Result<Results, StoreError> {
             unreachable!("watching never writes")
         }
 
@@ -444,6 +449,7 @@ mod tests {
                 size: 0,
                 idle: 0,
                 max: 0,
+                primary: None,
             }
         }
     }
