@@ -240,10 +240,10 @@ impl PgStore {
         }
     }
 
-    /// Runs `attempt` (true on every attempt after the first) until it succeeds, fails for a
-    /// reason a new primary cannot fix, or `deadline` passes while no host takes writes. Once
-    /// an attempt's COMMIT went unanswered, a later failure is reported as
-    /// [`StoreError::CommitOutcomeUnknown`]: the caller must not take it for a plain failure.
+    /// Runs `attempt` (true on every attempt after the first) once a host takes writes, until
+    /// it succeeds, fails for a reason a new primary cannot fix, or `deadline` passes while no
+    /// host takes writes. Once an attempt's COMMIT went unanswered, a later failure is reported
+    /// as [`StoreError::CommitOutcomeUnknown`]: the caller must not take it for a plain failure.
     async fn through_failover<T, F>(
         &self,
         deadline: Instant,
@@ -254,26 +254,32 @@ impl PgStore {
     {
         let mut again = false;
         let mut unanswered_commit = None;
+        let mut last_error = None;
         loop {
-            let error = match attempt(again).await {
-                Ok(done) => return Ok(done),
-                Err(error) if !lost_primary(&error) => return Err(error),
-                Err(StoreError::CommitOutcomeUnknown(error)) => {
-                    unanswered_commit = Some(error);
-                    None
-                }
-                Err(error) => Some(error),
-            };
-            again = true;
-            tokio::time::sleep(RETRY_PAUSE).await;
-            if Instant::now() >= deadline || !self.primary.wait_writable(deadline).await {
-                return Err(match (unanswered_commit, error) {
+            if !self.primary.wait_writable(deadline).await {
+                return Err(match (unanswered_commit, last_error) {
                     (Some(commit), _) => StoreError::CommitOutcomeUnknown(commit),
                     (None, Some(error)) => error,
-                    (None, None) => unreachable!("an attempt failed with an error"),
+                    (None, None) => self.no_writer(),
                 });
             }
+            match attempt(again).await {
+                Ok(done) => return Ok(done),
+                Err(error) if !lost_primary(&error) => return Err(error),
+                Err(StoreError::CommitOutcomeUnknown(error)) => unanswered_commit = Some(error),
+                Err(error) => last_error = Some(error),
+            }
+            again = true;
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
+    }
+
+    /// What a call is told while no host of the URL takes writes.
+    fn no_writer(&self) -> StoreError {
+        StoreError::Unavailable(sqlx::Error::Protocol(format!(
+            "no host of {} takes writes",
+            self.describe()
+        )))
     }
 
     /// Applies pending migrations, then hashes the history of every offering recorded before
@@ -805,10 +811,7 @@ impl PgStore {
 impl Store for PgStore {
     async fn ping(&self) -> Result<(), StoreError> {
         if !self.primary.is_writable() {
-            return Err(StoreError::Unavailable(sqlx::Error::Protocol(format!(
-                "no host of {} takes writes",
-                self.describe()
-            ))));
+            return Err(self.no_writer());
         }
         let mut connection = self.acquire().await?;
         let result = self

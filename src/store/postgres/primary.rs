@@ -154,8 +154,12 @@ impl Primary {
         self.suspected.notify_one();
     }
 
-    /// Waits until a host takes writes; false if `deadline` passes first.
+    /// Waits until a host takes writes (returns at once while one does); false if `deadline`
+    /// passes first.
     pub async fn wait_writable(&self, deadline: Instant) -> bool {
+        if self.is_writable() {
+            return true;
+        }
         let mut writable = self.writable.subscribe();
         let found = writable.wait_for(|writable| *writable);
         matches!(
@@ -359,4 +363,96 @@ fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     state
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary(hosts: &str) -> Primary {
+        let now = Instant::now();
+        let targets: PgTargets = format!("postgres://u@{hosts}/db").parse().unwrap();
+        let count = targets.hosts.len();
+        Primary {
+            targets,
+            state: Mutex::new(State {
+                current: 0,
+                roles: vec![HostRole::Primary; count],
+                waiting_since: None,
+                loss_confirmed: false,
+                accepted_at: now,
+            }),
+            writable: watch::Sender::new(true),
+            suspected: Notify::new(),
+            changes: AtomicU64::new(0),
+            fence: watch::Sender::new(now),
+        }
+    }
+
+    #[test]
+    fn a_false_alarm_keeps_the_host_and_its_connections() {
+        let p = primary("a:1,b:2");
+        let fence = *p.fence.borrow();
+        p.suspect();
+        assert!(!p.is_writable(), "writes wait for the probe");
+        assert!(!p.record(0, Instant::now(), HostRole::Primary));
+        assert!(p.is_writable());
+        assert_eq!(*p.fence.borrow(), fence, "no connection is fenced off");
+        assert_eq!(p.stats().changes, 0);
+    }
+
+    #[test]
+    fn a_new_writer_moves_the_pool_and_fences_older_connections() {
+        let p = primary("a:1,b:2");
+        p.suspect();
+        let probed = Instant::now();
+        assert!(
+            !p.record(0, probed, HostRole::Standby),
+            "the old primary was demoted"
+        );
+        assert!(!p.is_writable());
+        assert!(p.record(1, probed, HostRole::Primary), "the pool must move");
+        assert!(p.is_writable());
+        assert_eq!(p.current_label(), "b:2");
+        assert_eq!(p.stats().changes, 1);
+        assert!(
+            !p.keeps(Duration::from_secs(3600)),
+            "an old connection is dropped"
+        );
+        assert!(p.keeps(Duration::ZERO), "a new one is kept");
+        let roles: Vec<_> = p.stats().hosts.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(roles, ["standby", "primary"]);
+    }
+
+    #[test]
+    fn a_probe_begun_before_the_change_cannot_undo_it() {
+        let p = primary("a:1,b:2");
+        let stale = Instant::now();
+        p.suspect();
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(p.record(1, Instant::now(), HostRole::Primary));
+        // The old primary answered a probe begun before the change: ignored.
+        assert!(!p.record(0, stale, HostRole::Primary));
+        assert_eq!(p.current_label(), "b:2");
+        assert!(p.is_writable());
+    }
+
+    #[test]
+    fn an_unreachable_primary_is_a_confirmed_loss_until_it_answers_again() {
+        let p = primary("a:1");
+        p.suspect();
+        assert!(!p.record(0, Instant::now(), HostRole::Unreachable));
+        assert!(!p.is_writable());
+        assert_eq!(p.stats().hosts[0].1, "unreachable");
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(
+            !p.record(0, Instant::now(), HostRole::Primary),
+            "the same host"
+        );
+        assert!(p.is_writable());
+        assert!(
+            !p.keeps(Duration::from_secs(3600)),
+            "connections from before are dropped"
+        );
+    }
 }
