@@ -81,10 +81,11 @@ enum TokenCommand {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Address to listen on. Without --auth-file only a loopback address is allowed, unless
+    /// HOST:PORT to listen on; a host name (localhost:50051) is served on every address it
+    /// resolves to. Without --auth-file only loopback addresses are allowed, unless
     /// --allow-anonymous says otherwise.
     #[arg(long, env = "SUBLEDGER_LISTEN", default_value = "127.0.0.1:50051")]
-    listen: SocketAddr,
+    listen: String,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key.
     #[arg(long, env = "SUBLEDGER_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -340,7 +341,51 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.database.database()?;
-    let mut config = server_config(&args)?;
+    let addresses = resolve_listen(&args.listen).await?;
+    let mut config = server_config(&args, &addresses)?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(reload_on_hangup(config.authenticator.clone()));
+    let tls = args.tls_cert.is_some();
+    let mutual_tls = args.tls_client_ca.is_some();
+    // The ports are bound only once the schema is current: until then a client is refused at
+    // once instead of waiting on calls that cannot be answered.
+    match database {
+        Database::Postgres(url) => {
+            let store = open_postgres(&url, args.database.postgres_settings()).await?;
+            let listeners = bind(&args, &addresses, &mut config).await?;
+            tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
+            serve_until_shutdown(store, listeners, config, shutdown).await
+        }
+        Database::Sqlite(path) => {
+            let store = open_sqlite(&path).await?;
+            let listeners = bind(&args, &addresses, &mut config).await?;
+            tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
+            serve_until_shutdown(store, listeners, config, shutdown).await
+        }
+    }
+}
+
+/// Every address `--listen` names: HOST:PORT, the host an IP address or a name to resolve.
+async fn resolve_listen(listen: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(listen)
+        .await
+        .with_context(|| format!("--listen {listen:?}: not HOST:PORT, or the host does not resolve"))?
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    if addresses.is_empty() {
+        bail!("--listen {listen:?}: the host resolves to no address");
+    }
+    Ok(addresses)
+}
+
+/// The gRPC listeners, one per address, and the metrics listener if asked for.
+async fn bind(
+    args: &ServeArgs,
+    addresses: &[SocketAddr],
+    config: &mut ServerConfig,
+) -> anyhow::Result<Vec<TcpListener>> {
     if let Some(address) = args.metrics_listen {
         let listener = TcpListener::bind(address)
             .await
@@ -348,33 +393,33 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
         config.metrics_listener = Some(listener);
     }
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
-    tokio::spawn(reload_on_hangup(config.authenticator.clone()));
-    let tls = args.tls_cert.is_some();
-    let mutual_tls = args.tls_client_ca.is_some();
-    match database {
-        Database::Postgres(url) => {
-            let store = open_postgres(&url, args.database.postgres_settings()).await?;
-            tracing::info!(%address, backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
-            serve_until_shutdown(store, listener, config, shutdown).await
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(addresses.len());
+    for address in addresses {
+        let mut address = *address;
+        // Port 0 picks a free port: the same one on every address of the name.
+        if let (0, Some(first)) = (address.port(), listeners.first()) {
+            address.set_port(first.local_addr()?.port());
         }
-        Database::Sqlite(path) => {
-            let store = open_sqlite(&path).await?;
-            tracing::info!(%address, backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
-            serve_until_shutdown(store, listener, config, shutdown).await
-        }
+        let listener = TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address} (--listen {})", args.listen))?;
+        listeners.push(listener);
     }
+    Ok(listeners)
+}
+
+fn local_addresses(listeners: &[TcpListener]) -> Vec<SocketAddr> {
+    listeners
+        .iter()
+        .filter_map(|listener| listener.local_addr().ok())
+        .collect()
 }
 
 /// TLS, principals and limits from the flags, and the refusal to serve anyone on the network
 /// anonymously unless told to.
-fn server_config(args: &ServeArgs) -> anyhow::Result<ServerConfig> {
-    let exposed = !args.listen.ip().is_loopback();
+fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<ServerConfig> {
+    // Every address counts: a name that resolves to one public address is exposed.
+    let exposed = addresses.iter().any(|address| !address.ip().is_loopback());
     let authenticator = match &args.auth_file {
         Some(path) => {
             let authenticator = Authenticator::from_file(path)?;
@@ -425,11 +470,11 @@ fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::Serve
 
 async fn serve_until_shutdown<S: Store>(
     store: S,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::server::serve(store, listener, config, shutdown).await?;
+    crate::server::serve(store, listeners, config, shutdown).await?;
     tracing::info!("subledger stopped");
     Ok(())
 }

@@ -33,13 +33,14 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
 }
 
-/// Accepted connections, within `limits`, until the listener is dropped.
+/// Accepted connections on any of `listeners`, within `limits` over all of them, until they
+/// are dropped.
 pub fn accept(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = io::Result<Connection>> {
     let acceptor = Acceptor {
-        listener,
+        listeners,
         limits,
         permits: Arc::new(Semaphore::new(limits.max_connections)),
         refused_since_log: 0,
@@ -52,7 +53,8 @@ pub fn accept(
 }
 
 struct Acceptor {
-    listener: TcpListener,
+    /// Every address the --listen name resolved to (IPv4 and IPv6 for `localhost`).
+    listeners: Vec<TcpListener>,
     limits: ConnectionLimits,
     permits: Arc<Semaphore>,
     refused_since_log: u64,
@@ -62,7 +64,7 @@ struct Acceptor {
 impl Acceptor {
     async fn next(&mut self) -> Connection {
         loop {
-            let (stream, peer) = match self.listener.accept().await {
+            let (stream, peer) = match self.accept_any().await {
                 Ok(accepted) => accepted,
                 Err(error) if is_per_connection(&error) => continue,
                 Err(error) => {
@@ -81,6 +83,19 @@ impl Acceptor {
                 Err(_) => self.log_refusal(peer),
             }
         }
+    }
+
+    /// The next connection on whichever listener has one.
+    async fn accept_any(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| {
+            for listener in &self.listeners {
+                if let Poll::Ready(accepted) = listener.poll_accept(cx) {
+                    return Poll::Ready(accepted);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     fn log_refusal(&mut self, peer: SocketAddr) {

@@ -74,10 +74,11 @@ pub enum ServeError {
     Metrics(String),
 }
 
-/// Serves on `listener` until `shutdown` is cancelled and the calls in flight have finished.
+/// Serves on `listeners` (one per address the listen name resolved to) until `shutdown` is
+/// cancelled and the calls in flight have finished.
 pub async fn serve<S: Store>(
     store: S,
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
@@ -124,7 +125,7 @@ pub async fn serve<S: Store>(
         .add_service(reflection_v1alpha)
         .add_service(ledger)
         .serve_with_incoming_shutdown(
-            connections::accept(listener, config.connections),
+            connections::accept(listeners, config.connections),
             shutdown.clone().cancelled_owned(),
         );
     // tonic waits for every connection to close; a client holding a stream open (a
