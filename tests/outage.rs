@@ -81,14 +81,17 @@ async fn health(address: SocketAddr) -> ServingStatus {
 }
 
 async fn wait_for_health(address: SocketAddr, wanted: ServingStatus) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while health(address).await != wanted {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "health never became {wanted:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    common::eventually(
+        &format!("health {wanted:?}"),
+        Duration::from_secs(20),
+        || async {
+            match health(address).await {
+                status if status == wanted => Ok(()),
+                status => Err(status),
+            }
+        },
+    )
+    .await
 }
 
 /// A proxy in front of the test's PostgreSQL, and the database URL through it.

@@ -301,18 +301,17 @@ async fn listening_sessions(db: &TestDb) -> i64 {
 }
 
 async fn wait_for_listening_sessions(db: &TestDb, expected: i64) {
-    let deadline = tokio::time::Instant::now() + ENTRY_WAIT;
-    loop {
-        let sessions = listening_sessions(db).await;
-        if sessions == expected {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{sessions} sessions LISTENing after {ENTRY_WAIT:?}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::eventually(
+        &format!("{expected} sessions LISTENing"),
+        ENTRY_WAIT,
+        || async {
+            match listening_sessions(db).await {
+                sessions if sessions == expected => Ok(()),
+                sessions => Err(sessions),
+            }
+        },
+    )
+    .await
 }
 
 /// A replica LISTENs for other replicas' commits only while it has WatchHistory streams: every

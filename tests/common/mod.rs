@@ -10,10 +10,14 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod eventually;
 pub mod metrics;
 pub mod process;
+pub mod skip;
 pub mod tamper;
 pub mod tls;
+
+pub use eventually::eventually;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -73,9 +77,9 @@ impl TestDb {
                     Err(error)
                         if std::env::var("SUBLEDGER_TEST_SKIP_POSTGRES").as_deref() == Ok("1") =>
                     {
-                        eprintln!(
-                            "PostgreSQL test skipped (SUBLEDGER_TEST_SKIP_POSTGRES=1): {error}"
-                        );
+                        skip::skip(&format!(
+                            "no PostgreSQL (SUBLEDGER_TEST_SKIP_POSTGRES=1): {error}"
+                        ));
                         return None;
                     }
                     Err(error) => panic!(
@@ -128,7 +132,7 @@ impl TestDb {
                     .await
                     .expect("open PostgreSQL store");
                 tokio::spawn(async move {
-                    subledger::server::serve(store, listener, config, token)
+                    subledger::server::serve(store, vec![listener], config, token)
                         .await
                         .expect("serve")
                 })
@@ -138,7 +142,7 @@ impl TestDb {
                     .await
                     .expect("open SQLite store");
                 tokio::spawn(async move {
-                    subledger::server::serve(store, listener, config, token)
+                    subledger::server::serve(store, vec![listener], config, token)
                         .await
                         .expect("serve")
                 })
@@ -622,7 +626,10 @@ impl Watching {
         let last = *self.last_sequence.borrow();
         match reached {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => panic!("stream ended at {last}, expected {sequence}"),
+            Ok(Err(_)) => {
+                let (_, error) = (&mut self.received).await.expect("watcher task");
+                panic!("stream ended at {last}, expected {sequence}: {error:?}")
+            }
             Err(_) => panic!("watcher at {last} after {wait:?}, expected {sequence}"),
         }
     }

@@ -53,22 +53,9 @@ impl ServerProcess {
 
     /// A connected channel once the server listens; panics after START_WAIT.
     pub async fn channel(&self) -> tonic::transport::Channel {
-        let deadline = tokio::time::Instant::now() + START_WAIT;
-        loop {
-            if let Ok(channel) =
-                tonic::transport::Endpoint::from_shared(format!("http://{}", self.address))
-                    .unwrap()
-                    .connect()
-                    .await
-            {
-                return channel;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "subledger did not start listening within {START_WAIT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let endpoint =
+            tonic::transport::Endpoint::from_shared(format!("http://{}", self.address)).unwrap();
+        super::eventually("subledger listening", START_WAIT, || endpoint.connect()).await
     }
 
     pub fn signal(&self, signal: &str) {
