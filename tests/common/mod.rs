@@ -47,6 +47,17 @@ fn postgres_admin_url() -> String {
     std::env::var("SUBLEDGER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 
+/// With SUBLEDGER_TEST_LOG set (a RUST_LOG-style filter), in-process servers log to the test's
+/// stderr: what a failing test's servers did, without changing what runs.
+fn log_to_stderr_if_asked() {
+    if let Ok(filter) = std::env::var("SUBLEDGER_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// A database of its own for one test; dropped (PostgreSQL) or deleted (SQLite) with it.
 pub struct TestDb {
     pub backend: Backend,
@@ -120,6 +131,7 @@ impl TestDb {
 
     /// Starts a server that reaches the database through `url` (PostgreSQL: e.g. a proxy).
     pub async fn start_server_via(&self, url: &str, config: ServerConfig) -> TestServer {
+        log_to_stderr_if_asked();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind an ephemeral port");

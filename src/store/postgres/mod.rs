@@ -202,11 +202,17 @@ impl PgStore {
     ) -> Result<T, StoreError> {
         let mut retried = false;
         loop {
-            let mut connection = self.acquire().await?;
-            let result = self
-                .bounded(read(&mut connection, std::marker::PhantomData))
-                .await;
-            self.settle(connection, &result);
+            // A connection refused or reset on the way is retried like a failed statement.
+            let result = match self.acquire().await {
+                Ok(mut connection) => {
+                    let result = self
+                        .bounded(read(&mut connection, std::marker::PhantomData))
+                        .await;
+                    self.settle(connection, &result);
+                    result
+                }
+                Err(error) => Err(error),
+            };
             match result {
                 Err(error) if lost_primary(&error) && !retried => {
                     retried = true;
@@ -1104,13 +1110,21 @@ async fn listen(
     changes.upgrade()?.send(Change::Missed).ok();
     loop {
         // try_recv, not recv: recv reconnects by itself and the notifications lost on the way
-        // would go unnoticed. None means exactly that: the connection dropped and is back.
+        // would go unnoticed. None means the connection closed; sqlx would reconnect on the next
+        // call, but Missed must wait until LISTEN is in place again (a re-read sent before then
+        // could meet the same outage and fail the watchers' streams), so the caller reconnects
+        // and says Missed once it listens.
         let change = match listener.try_recv().await {
             Ok(Some(notification)) => match parse_notification(notification.payload()) {
                 Some(change) => change,
                 None => continue,
             },
-            Ok(None) => Change::Missed,
+            Ok(None) => {
+                return Some(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "the LISTEN connection closed",
+                )));
+            }
             Err(error) => return Some(error),
         };
         changes.upgrade()?.send(change).ok();
