@@ -109,6 +109,18 @@ struct ServeArgs {
         default_value_t = 10_000
     )]
     max_client_connections: usize,
+    /// Client connections open at once from one IP address (all clients behind one proxy or
+    /// NAT share one); past it that peer's new ones are closed at once.
+    #[arg(
+        long,
+        env = "SUBLEDGER_MAX_CLIENT_CONNECTIONS_PER_PEER",
+        default_value_t = 1_000
+    )]
+    max_client_connections_per_peer: usize,
+    /// A new connection must finish its handshake (TLS, then the HTTP/2 preface) within this,
+    /// however slowly its bytes arrive.
+    #[arg(long, env = "SUBLEDGER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse)]
+    handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (10s, 500ms, 2m; bare = seconds).
     /// Live clients answer the PINGs the server sends after a third of it.
     #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::duration::parse)]
@@ -370,7 +382,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn resolve_listen(listen: &str) -> anyhow::Result<Vec<SocketAddr>> {
     let mut addresses: Vec<SocketAddr> = tokio::net::lookup_host(listen)
         .await
-        .with_context(|| format!("--listen {listen:?}: not HOST:PORT, or the host does not resolve"))?
+        .with_context(|| {
+            format!("--listen {listen:?}: not HOST:PORT, or the host does not resolve")
+        })?
         .collect();
     addresses.sort();
     addresses.dedup();
@@ -444,7 +458,9 @@ fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<S
         authenticator: Arc::new(authenticator),
         connections: ConnectionLimits {
             max_connections: args.max_client_connections,
+            max_connections_per_peer: args.max_client_connections_per_peer,
             idle_timeout: args.idle_timeout,
+            handshake_timeout: args.handshake_timeout,
         },
         service: ServiceLimits {
             max_watch_streams: args.max_watch_streams,

@@ -11,11 +11,13 @@ use common::{TestDb, TestServer, assert_status, offering};
 use subledger::api::ServiceLimits;
 use subledger::proto;
 use subledger::server::{ConnectionLimits, ServerConfig};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
+/// Limits with no cap per peer (every test here connects from 127.0.0.1) unless a test sets
+/// one.
 fn config(
     max_connections: usize,
     idle_timeout: Duration,
@@ -24,11 +26,35 @@ fn config(
     ServerConfig {
         connections: ConnectionLimits {
             max_connections,
+            max_connections_per_peer: max_connections,
             idle_timeout,
+            handshake_timeout: Duration::from_secs(10),
         },
         service: ServiceLimits { max_watch_streams },
         ..ServerConfig::default()
     }
+}
+
+/// What an HTTP/2 client sends first.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A connection that has finished its handshake as the server tells (the preface sent), and
+/// then says nothing.
+async fn established(address: std::net::SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(HTTP2_PREFACE).await.unwrap();
+    stream
+}
+
+/// A client connecting from `local`, another loopback address: another peer.
+async fn client_from(local: std::net::IpAddr, server: &TestServer) -> common::Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .local_address(Some(local))
+        .connect()
+        .await
+        .expect("connect from the other peer");
+    subledger::proto::subscription_ledger_client::SubscriptionLedgerClient::new(channel)
 }
 
 /// True once the server has closed `stream` (EOF or reset), reading whatever it sent first.
@@ -97,9 +123,10 @@ async fn connections_past_the_cap_are_closed(db: TestDb) {
         .create_offering(offering("deal", 10, 0))
         .await
         .unwrap();
+    // Established (the HTTP/2 preface sent), so that none of them is closed to make room.
     let mut idle = Vec::new();
     for _ in 0..19 {
-        idle.push(TcpStream::connect(server.address).await.unwrap());
+        idle.push(established(server.address).await);
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut one_too_many = TcpStream::connect(server.address).await.unwrap();
@@ -110,6 +137,85 @@ async fn connections_past_the_cap_are_closed(db: TestDb) {
     // The idle ones go after the timeout, and make room.
     tokio::time::sleep(Duration::from_secs(3)).await;
     get_offering_works(&server).await;
+}
+
+/// One peer holding thousands of sockets (as many as its share allows, the rest refused) does
+/// not stop a client on another address from calling.
+async fn one_peer_cannot_take_every_connection(db: TestDb) {
+    let mut limits = config(1_000, Duration::from_secs(60), 1000);
+    limits.connections.max_connections_per_peer = 100;
+    let server = db.start_server_with(limits).await;
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let mut hogged = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        hogged.push(TcpStream::connect(server.address).await.expect("connect"));
+    }
+    let mut still_open = 0;
+    for stream in &mut hogged {
+        if !closed_within(stream, Duration::from_millis(1)).await {
+            still_open += 1;
+        }
+    }
+    assert!(
+        still_open <= 100,
+        "{still_open} sockets of one peer kept open"
+    );
+    let other_peer = "127.0.0.2".parse().unwrap();
+    client_from(other_peer, &server)
+        .await
+        .get_offering(proto::GetOfferingRequest {
+            offering_id: "deal".into(),
+        })
+        .await
+        .expect("another peer calls while the first holds its share");
+}
+
+/// At the cap, sockets that never finished their handshake make room for a new client; and a
+/// handshake dripped a byte at a time ends at its deadline, not at the idle timeout.
+async fn silent_and_dripping_handshakes_do_not_hold_slots(db: TestDb) {
+    let mut limits = config(20, Duration::from_secs(60), 1000);
+    // Every socket here comes from 127.0.0.1: only the overall cap is in play.
+    limits.connections.max_connections_per_peer = 1_000;
+    limits.connections.handshake_timeout = Duration::from_secs(2);
+    let server = db.start_server_with(limits).await;
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(TcpStream::connect(server.address).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // All 20 slots are held by sockets that said nothing: a real client still gets in.
+    server
+        .client()
+        .await
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .expect("a client gets a slot held by a silent socket");
+    let mut dripping = TcpStream::connect(server.address).await.unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in &HTTP2_PREFACE[..10] {
+        if dripping.write_all(&[*byte]).await.is_err()
+            || closed_within(&mut dripping, Duration::from_millis(500)).await
+        {
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a dripped handshake was still open after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "a dripped handshake lasted {:?}, past its 2 s deadline",
+        started.elapsed()
+    );
 }
 
 async fn watch_streams_past_the_limit_are_refused(db: TestDb) {
@@ -396,6 +502,8 @@ async fn oversize_messages_and_headers_are_refused_by_name(db: TestDb) {
 backend_tests!(
     idle_connections_are_closed_after_the_timeout,
     connections_past_the_cap_are_closed,
+    one_peer_cannot_take_every_connection,
+    silent_and_dripping_handshakes_do_not_hold_slots,
     watch_streams_past_the_limit_are_refused,
     verifications_are_bounded_and_reads_stay_fast,
     malformed_bodies_are_invalid_argument,

@@ -54,7 +54,9 @@ impl Default for ServerConfig {
             authenticator: Arc::new(Authenticator::disabled()),
             connections: ConnectionLimits {
                 max_connections: 10_000,
+                max_connections_per_peer: 1_000,
                 idle_timeout: Duration::from_secs(60),
+                handshake_timeout: Duration::from_secs(10),
             },
             service: ServiceLimits {
                 max_watch_streams: 1_000,
