@@ -173,8 +173,18 @@ struct DatabaseArgs {
     /// postgres://USER@HOST[:PORT][,HOST2[:PORT2]...]/DB or sqlite://PATH; unset: the SQLite
     /// file subledger.db in --data-dir. With several PostgreSQL hosts, the one that takes
     /// writes is used and followed through a failover (target_session_attrs=read-write).
-    #[arg(long, env = "DATABASE_URL")]
+    /// A flag shows in `ps`: prefer DATABASE_URL, --database-url-file, or a password from
+    /// PGPASSWORD or PGPASSFILE.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// Read the database URL from this file (its first line; a mounted secret, say).
+    #[arg(
+        long,
+        env = "SUBLEDGER_DATABASE_URL_FILE",
+        value_name = "PATH",
+        conflicts_with = "database_url"
+    )]
+    database_url_file: Option<PathBuf>,
     /// Folder of the embedded SQLite database (created if missing).
     #[arg(long, env = "SUBLEDGER_DATA_DIR", default_value = "./data")]
     data_dir: PathBuf,
@@ -201,10 +211,24 @@ impl DatabaseArgs {
         }
     }
 
+    /// The URL from --database-url or the first line of --database-url-file.
+    fn database_url(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.database_url_file else {
+            return Ok(self.database_url.clone());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --database-url-file {}", path.display()))?;
+        match text.lines().map(str::trim).find(|line| !line.is_empty()) {
+            Some(url) => Ok(Some(url.to_owned())),
+            None => bail!("--database-url-file {} holds no URL", path.display()),
+        }
+    }
+
     fn database(&self) -> anyhow::Result<Database> {
-        let Some(url) = &self.database_url else {
+        let Some(url) = self.database_url()? else {
             return Ok(Database::Sqlite(self.data_dir.join(SQLITE_FILE_NAME)));
         };
+        let url = &url;
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(Database::Postgres(url.clone()));
         }
@@ -219,8 +243,8 @@ impl DatabaseArgs {
             return Ok(Database::Sqlite(PathBuf::from(path)));
         }
         bail!(
-            "the database URL is neither postgres://... nor sqlite://PATH (it starts with {:?})",
-            url.chars().take(12).collect::<String>()
+            "the database URL is neither postgres://... nor sqlite://PATH (its scheme is {:?})",
+            scheme_of(url)
         )
     }
 
@@ -237,6 +261,12 @@ impl DatabaseArgs {
         }
         Ok(database)
     }
+}
+
+/// What comes before "://" (or nothing): all of a URL an error may show, since whatever
+/// follows may hold a password.
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("", |(scheme, _)| scheme)
 }
 
 /// Entry point of the binary: runs the command, prints a failure as one line, sets the exit code.

@@ -36,7 +36,7 @@ pub struct PgHost {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UrlError {
-    #[error("the database URL is not postgres://... (it starts with {0:?})")]
+    #[error("the database URL is not postgres://... (its scheme is {0:?})")]
     Scheme(String),
     #[error("host {0:?} of the database URL: {1}")]
     Host(String, String),
@@ -66,7 +66,7 @@ impl FromStr for PgTargets {
         let (scheme, rest) = url
             .split_once("://")
             .filter(|(scheme, _)| matches!(*scheme, "postgres" | "postgresql"))
-            .ok_or_else(|| UrlError::Scheme(url.chars().take(12).collect()))?;
+            .ok_or_else(|| UrlError::Scheme(scheme_of(url).to_owned()))?;
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (authority, tail) = rest.split_at(authority_end);
         let (userinfo, host_list) = match authority.rfind('@') {
@@ -109,6 +109,11 @@ impl FromStr for PgTargets {
             connect_timeout,
         })
     }
+}
+
+/// What comes before "://": all of a URL an error may show.
+fn scheme_of(url: &str) -> &str {
+    url.split_once("://").map_or("", |(scheme, _)| scheme)
 }
 
 /// A port must be a number: sqlx's own message for a bad one ("invalid port number") does not
