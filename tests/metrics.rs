@@ -51,6 +51,14 @@ async fn known_calls_move_the_counters_exactly(backend: Backend) {
         .unwrap_or_else(|| panic!("{backend:?} database"));
     let (server, metrics_address) = start_server_with_metrics(&db).await;
     let before = scrape(metrics_address).await;
+    // Gauges are there before anything happened, so that dashboards read 0, not "no data".
+    for gauge in [
+        "subledger_watch_streams",
+        "subledger_queued_requests",
+        "subledger_transactions_in_flight",
+    ] {
+        assert!(find(&before, gauge, &[]).is_some(), "{gauge} missing at start-up");
+    }
     let mut client = server.client().await;
     let deal = format!("deal-{backend:?}");
     client

@@ -131,6 +131,12 @@ fn describe() {
         "Always 1; the version label says which subledger runs."
     );
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    // Every gauge exists from the start, at 0: a dashboard shows 0 rather than "no data", and
+    // an absent() alert fires only when the process is gone. (The database gauges are set at
+    // each scrape.)
+    for gauge in [WATCH_STREAMS, QUEUED_REQUESTS, TRANSACTIONS_IN_FLIGHT] {
+        metrics::gauge!(gauge).set(0.0);
+    }
 }
 
 /// One RPC's metric handles, registered once (when the service is built, after the recorder
