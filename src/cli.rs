@@ -102,6 +102,10 @@ struct ServeArgs {
     /// Serve without authentication on a non-loopback address (logged as a warning).
     #[arg(long, env = "SUBLEDGER_ALLOW_ANONYMOUS")]
     allow_anonymous: bool,
+    /// Accept an auth file that names no principal (every call is then refused), at start-up
+    /// and on SIGHUP; without it such a file is refused and the principals in force stay.
+    #[arg(long, env = "SUBLEDGER_ALLOW_EMPTY_AUTH", requires = "auth_file")]
+    allow_empty_auth: bool,
     /// Client connections open at once; past it new ones are closed at once.
     #[arg(
         long,
@@ -466,7 +470,7 @@ fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<S
     let exposed = addresses.iter().any(|address| !address.ip().is_loopback());
     let authenticator = match &args.auth_file {
         Some(path) => {
-            let authenticator = Authenticator::from_file(path)?;
+            let authenticator = Authenticator::from_file(path, args.allow_empty_auth)?;
             if exposed && args.tls_cert.is_none() {
                 tracing::warn!(listen = %args.listen, "--auth-file without --tls-cert on a non-loopback address: bearer tokens travel in clear");
             }

@@ -92,7 +92,7 @@ impl Setup {
     fn config(&self) -> ServerConfig {
         ServerConfig {
             tls: Some(self.pki.server_tls(true)),
-            authenticator: Arc::new(Authenticator::from_file(&self.auth_file).unwrap()),
+            authenticator: Arc::new(Authenticator::from_file(&self.auth_file, false).unwrap()),
             ..ServerConfig::default()
         }
     }

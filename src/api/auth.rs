@@ -127,6 +127,11 @@ pub enum AuthFileError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// A file that names nobody would lock every caller out: refused unless asked for.
+    #[error(
+        "{path} names no principal, which would refuse every call; add principals, or pass --allow-empty-auth"
+    )]
+    Empty { path: PathBuf },
 }
 
 #[derive(serde::Deserialize)]
@@ -261,6 +266,8 @@ pub fn new_token() -> Result<(String, String), getrandom::Error> {
 pub struct Authenticator {
     /// None: authentication is off and every caller is [`ANONYMOUS`], with every role.
     file: Option<PathBuf>,
+    /// Whether a file with no principal is taken (--allow-empty-auth).
+    allow_empty: bool,
     principals: RwLock<Arc<Principals>>,
 }
 
@@ -268,29 +275,40 @@ impl Authenticator {
     pub fn disabled() -> Self {
         Self {
             file: None,
+            allow_empty: false,
             principals: RwLock::default(),
         }
     }
 
-    pub fn from_file(path: &Path) -> Result<Self, AuthFileError> {
-        let principals = Principals::load(path)?;
-        Ok(Self {
+    /// The principals of the file at `path`; one that names nobody is refused unless
+    /// `allow_empty`.
+    pub fn from_file(path: &Path, allow_empty: bool) -> Result<Self, AuthFileError> {
+        let authenticator = Self {
             file: Some(path.to_owned()),
-            principals: RwLock::new(Arc::new(principals)),
-        })
+            allow_empty,
+            principals: RwLock::default(),
+        };
+        authenticator.reload()?;
+        Ok(authenticator)
     }
 
     pub fn is_enabled(&self) -> bool {
         self.file.is_some()
     }
 
-    /// Re-reads the auth file. On failure the principals in force stay in force.
+    /// Re-reads the auth file. On failure (a file that names nobody included, unless
+    /// allowed) the principals in force stay in force.
     pub fn reload(&self) -> Result<usize, AuthFileError> {
         let Some(path) = &self.file else {
             return Ok(0);
         };
         let principals = Principals::load(path)?;
         let count = principals.len();
+        if count == 0 && !self.allow_empty {
+            return Err(AuthFileError::Empty {
+                path: path.to_owned(),
+            });
+        }
         *self
             .principals
             .write()
@@ -604,5 +622,40 @@ mod tests {
             .is_err()
         );
         assert!(Principals::parse("[[principal]]\nname = \"x y\"\nroles = [\"reader\"]").is_err());
+    }
+
+    /// An empty file would lock every caller out: refused at start-up and on reload (the
+    /// principals in force stay), unless allowed.
+    #[test]
+    fn a_file_that_names_nobody_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("auth.toml");
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            Authenticator::from_file(&path, false),
+            Err(AuthFileError::Empty { .. })
+        ));
+        assert_eq!(
+            Authenticator::from_file(&path, true)
+                .unwrap()
+                .reload()
+                .unwrap(),
+            0
+        );
+
+        std::fs::write(
+            &path,
+            "[[principal]]\nname = \"ops\"\nroles = [\"operator\"]\n",
+        )
+        .unwrap();
+        let authenticator = Authenticator::from_file(&path, false).unwrap();
+        std::fs::write(&path, "# everyone removed\n").unwrap();
+        let refused = authenticator.reload().unwrap_err().to_string();
+        assert!(refused.contains("--allow-empty-auth"), "{refused}");
+        assert_eq!(
+            authenticator.current().len(),
+            1,
+            "the principals in force stay"
+        );
     }
 }

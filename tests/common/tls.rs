@@ -154,7 +154,7 @@ impl SecuredServer {
         ] {
             std::fs::write(dir.path().join(name), text).unwrap();
         }
-        let authenticator = Authenticator::from_file(&dir.path().join("auth.toml")).unwrap();
+        let authenticator = Authenticator::from_file(&dir.path().join("auth.toml"), false).unwrap();
         let server = db
             .start_server_with(ServerConfig {
                 tls: Some(pki.server_tls(true)),
