@@ -6,7 +6,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut};
 use common::{TestDb, TestServer, assert_status, offering};
 use subledger::api::ServiceLimits;
 use subledger::proto;
@@ -14,7 +13,6 @@ use subledger::server::{ConnectionLimits, ServerConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 /// Limits with no cap per peer (every test here connects from 127.0.0.1) unless a test sets
 /// one.
@@ -353,71 +351,6 @@ async fn verifications_are_bounded_and_reads_stay_fast(db: TestDb) {
     );
 }
 
-/// Sends raw bytes as a request body, whatever the RPC expects.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = ();
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = ();
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
-        src.advance(src.remaining());
-        Ok(Some(()))
-    }
-}
-
-async fn raw_call(
-    server: &TestServer,
-    path: &'static str,
-    body: Vec<u8>,
-    metadata: Option<(&'static str, String)>,
-) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let mut request = tonic::Request::new(body);
-    if let Some((key, value)) = metadata {
-        request.metadata_mut().insert(key, value.parse().unwrap());
-    }
-    grpc.unary(
-        request,
-        http::uri::PathAndQuery::from_static(path),
-        RawCodec,
-    )
-    .await
-    .map(drop)
-}
-
 /// 24 bodies that are not protobuf, over several RPCs: each the caller's fault, named.
 async fn malformed_bodies_are_invalid_argument(db: TestDb) {
     let server = db.start_server().await;
@@ -447,7 +380,7 @@ async fn malformed_bodies_are_invalid_argument(db: TestDb) {
     let mut tried = 0;
     for path in paths {
         for body in bodies {
-            let result = raw_call(&server, path, body.to_vec(), None).await;
+            let result = common::raw::call(server.address, path, body.to_vec(), None).await;
             let status = assert_status(result, Code::InvalidArgument, "MALFORMED_REQUEST");
             assert!(!status.message().is_empty(), "{path} {body:?}");
             tried += 1;
@@ -470,13 +403,13 @@ async fn oversize_messages_and_headers_are_refused_by_name(db: TestDb) {
     let mut body = vec![0x0a, 0xa0, 0x8d, 0x06];
     body.resize(4 + 100_000, b'a');
     assert_status(
-        raw_call(&server, get, body, None).await,
+        common::raw::call(server.address, get, body, None).await,
         Code::ResourceExhausted,
         "MESSAGE_TOO_LARGE",
     );
     assert_status(
-        raw_call(
-            &server,
+        common::raw::call(
+            server.address,
             get,
             vec![],
             Some(("x-padding", "p".repeat(20_000))),
@@ -486,8 +419,8 @@ async fn oversize_messages_and_headers_are_refused_by_name(db: TestDb) {
         "HEADERS_TOO_LARGE",
     );
     assert_status(
-        raw_call(
-            &server,
+        common::raw::call(
+            server.address,
             "/subledger.v1.SubscriptionLedger/NoSuchRpc",
             vec![],
             None,

@@ -57,7 +57,10 @@ async fn known_calls_move_the_counters_exactly(backend: Backend) {
         "subledger_queued_requests",
         "subledger_transactions_in_flight",
     ] {
-        assert!(find(&before, gauge, &[]).is_some(), "{gauge} missing at start-up");
+        assert!(
+            find(&before, gauge, &[]).is_some(),
+            "{gauge} missing at start-up"
+        );
     }
     let mut client = server.client().await;
     let deal = format!("deal-{backend:?}");
@@ -166,8 +169,66 @@ async fn known_calls_move_the_counters_exactly(backend: Backend) {
     .await;
 }
 
+/// Paths no service has, health's included (it skips authentication), cannot grow /metrics:
+/// they are all counted under method="unknown".
+async fn invented_paths_add_no_series(backend: Backend) {
+    let db = TestDb::new(backend)
+        .await
+        .unwrap_or_else(|| panic!("{backend:?} database"));
+    let (server, metrics_address) = start_server_with_metrics(&db).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    // Warm up: whatever series the invented paths make appear once.
+    for path in ["/x.Y/warm", "/grpc.health.v1.Health/warm"] {
+        let _ = common::raw::call_on(channel.clone(), path, vec![], None).await;
+    }
+    let before = scrape(metrics_address).await;
+    for n in 0..10_000 {
+        let path = match n % 3 {
+            0 => format!("/x.Y/{n:x}{}", "z".repeat(n % 200)),
+            1 => format!("/grpc.health.v1.Health/{n:x}"),
+            _ => format!("/subledger.v1.SubscriptionLedger/Nope{n}"),
+        };
+        let _ = common::raw::call_on(channel.clone(), &path, vec![], None).await;
+    }
+    let after = scrape(metrics_address).await;
+    let series = |scrape: &Scrape| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric.starts_with("subledger_rpc_"))
+            .count()
+    };
+    assert!(
+        series(&after) <= series(&before) + 2,
+        "10,000 invented paths grew the RPC series from {} to {}",
+        series(&before),
+        series(&after)
+    );
+    let unknown = after
+        .samples
+        .iter()
+        .filter(|s| s.labels.get("method") == Some("unknown"))
+        .count();
+    assert!(unknown > 0, "invented paths are counted as method=unknown");
+    for sample in &after.samples {
+        if let Some(method) = sample.labels.get("method") {
+            assert!(
+                method.len() <= 64,
+                "a method label of {} bytes",
+                method.len()
+            );
+        }
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_known_calls_on_both_backends() {
+    invented_paths_add_no_series(Backend::Sqlite).await;
     known_calls_move_the_counters_exactly(Backend::Sqlite).await;
     if std::env::var("SUBLEDGER_TEST_SKIP_POSTGRES").as_deref() != Ok("1") {
         known_calls_move_the_counters_exactly(Backend::Postgres).await;

@@ -22,7 +22,6 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
-use super::edge::method_name;
 use super::error::ApiError;
 
 /// What a principal may do. Each role includes the ones before it.
@@ -108,6 +107,37 @@ pub fn actor<T>(request: &tonic::Request<T>) -> Arc<str> {
             ANONYMOUS.into()
         }
     }
+}
+
+/// How logs and metrics name a call of a method no service has.
+pub const UNKNOWN_METHOD: &str = "unknown";
+/// The methods of the services open to every caller, as logs and metrics name them.
+const OPEN_METHODS: &[&str] = &[
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The name logs and metrics give a call: the RPC's name for the ledger's own RPCs,
+/// service/method for health and reflection, and [`UNKNOWN_METHOD`] for any other path, so
+/// that no path a caller invents becomes a metric series.
+pub fn method_name(path: &str) -> &'static str {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if let Some(rpc) = path
+        .strip_prefix(crate::proto::SERVICE_NAME)
+        .and_then(|p| p.strip_prefix('/'))
+    {
+        return RPC_ROLES
+            .iter()
+            .find(|(name, _)| *name == rpc)
+            .map_or(UNKNOWN_METHOD, |(name, _)| name);
+    }
+    OPEN_METHODS
+        .iter()
+        .find(|known| **known == path)
+        .copied()
+        .unwrap_or(UNKNOWN_METHOD)
 }
 
 /// The role an RPC needs; None when the table has no row for it.

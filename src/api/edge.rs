@@ -14,6 +14,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
+use super::auth::method_name;
 use super::error::{ApiError, ERROR_DOMAIN};
 use crate::telemetry::metrics::record_refusal;
 
@@ -27,13 +28,16 @@ pub const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 256 * 1024;
 /// is a few hundred bytes.
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 
-/// The name logs and metrics give a call: the RPC's name for the ledger's own RPCs, the whole
-/// path for any other.
-pub fn method_name(path: &str) -> &str {
-    path.strip_prefix('/')
-        .and_then(|p| p.strip_prefix(crate::proto::SERVICE_NAME))
-        .and_then(|p| p.strip_prefix('/'))
-        .unwrap_or(path)
+/// Characters of a request's path a log line shows: every path subledger serves is shorter, and
+/// a caller cannot make a line as long as the path it invents.
+const PATH_LOG_CHARS_MAX: usize = 128;
+
+/// `path`, cut to PATH_LOG_CHARS_MAX characters for a log line.
+fn path_for_log(path: &str) -> &str {
+    match path.char_indices().nth(PATH_LOG_CHARS_MAX) {
+        Some((end, _)) => &path[..end],
+        None => path,
+    }
 }
 
 #[derive(Clone, Copy, Default)]
@@ -69,7 +73,9 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let method = method_name(request.uri().path()).to_owned();
+        let path = request.uri().path();
+        let method = method_name(path);
+        let logged_path = path_for_log(path).to_owned();
         let header_bytes: usize = request
             .headers()
             .iter()
@@ -83,21 +89,21 @@ where
                     "the call sent {header_bytes} bytes of headers; at most {HEADER_BYTES_MAX} are accepted"
                 ),
             });
-            tracing::info!(method, code = ?status.code(), message = status.message(), "call refused");
-            record_refusal(&method, status.code());
+            tracing::info!(method, path = logged_path, code = ?status.code(), message = status.message(), "call refused");
+            record_refusal(method, status.code());
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(with_error_info(response, &method))
+            Ok(with_error_info(response, method, &logged_path))
         })
     }
 }
 
 /// A trailers-only error response without details is one tonic made before any handler ran:
 /// give it the ErrorInfo every subledger status carries, and the code that says whose fault it is.
-fn with_error_info(response: Response<Body>, method: &str) -> Response<Body> {
+fn with_error_info(response: Response<Body>, method: &'static str, path: &str) -> Response<Body> {
     let headers = response.headers();
     if headers.contains_key("grpc-status-details-bin") {
         return response;
@@ -123,7 +129,7 @@ fn with_error_info(response: Response<Body>, method: &str) -> Response<Body> {
     }
     let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
     let status = Status::with_error_details(code, status.message(), details);
-    tracing::info!(method, code = ?status.code(), message = status.message(), reason, "call refused");
+    tracing::info!(method, path, code = ?status.code(), message = status.message(), reason, "call refused");
     record_refusal(method, status.code());
     status.into_http()
 }

@@ -13,6 +13,7 @@
 pub mod eventually;
 pub mod metrics;
 pub mod process;
+pub mod raw;
 pub mod skip;
 pub mod tamper;
 pub mod tls;
