@@ -4,6 +4,8 @@
 //! committed in exactly one function per backend (`create_offering` and `apply`): lock, load,
 //! let `ledger` decide, write, commit. A result is returned only after the commit returned.
 
+#[cfg(test)]
+pub(crate) mod fake;
 mod postgres;
 mod rows;
 mod sqlite;
