@@ -1,13 +1,30 @@
 //! CreateOffering's transaction: the head and the creation entry inserted by one statement, or,
 //! when the offering exists, its creation compared with the request (a retry, or a conflict).
 
+use std::sync::LazyLock;
+
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::PgStore;
 use crate::ledger::{CreateOutcome, Entry, NewOffering, Offering, Rejection, check_create};
-use crate::store::rows::{EntryRow, HeadRow, bind_entry, bind_head, entry_columns, head_columns};
+use crate::store::columns::{Params, Selection, insert_row, keys, names};
+use crate::store::rows::{EntryRow, HeadRow, entry_columns, head_columns};
 use crate::store::{Change, StoreError};
+
+/// The head's row, and the creation entry's only if the head was inserted: its parameters are
+/// the head's columns, then the entry's (rows.rs).
+static CREATE: LazyLock<String> = LazyLock::new(|| {
+    let mut params = Params::postgres();
+    let head = insert_row("offering_head", HeadRow::COLUMNS, &mut params);
+    format!(
+        "WITH head AS ( {head} ON CONFLICT {} DO NOTHING RETURNING 1 ) \
+         INSERT INTO history_entry ({}) SELECT {} FROM head",
+        keys(HeadRow::COLUMNS),
+        names(EntryRow::COLUMNS, Selection::All),
+        params.values(EntryRow::COLUMNS, Selection::All),
+    )
+});
 
 impl PgStore {
     /// One attempt at `create_offering`, on `connection`.
@@ -20,20 +37,11 @@ impl PgStore {
         let mut tx = self.bounded(connection.begin()).await?;
         // ON CONFLICT DO NOTHING waits for a concurrent creator of the same id to finish, so the
         // loser then sees the winner's committed rows.
-        let inserted = sqlx::query(concat!(
-            "WITH head AS ( \
-                INSERT INTO offering_head (",
-            head_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
-             ) \
-             INSERT INTO history_entry (",
-            entry_columns!(),
-            ") SELECT $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, \
-                $37, $38, $39, $40, $41, $42 FROM head"
-        ));
+        let inserted = sqlx::query(CREATE.as_str());
+        let inserted = HeadRow::from(head).bind(inserted, Selection::All);
+        let inserted = EntryRow::from(entry).bind(inserted, Selection::All);
         let inserted = self
-            .bounded(bind_entry(bind_head(inserted, head), entry).execute(&mut *tx))
+            .bounded(inserted.execute(&mut *tx))
             .await?
             .rows_affected();
         if inserted == 1 {
