@@ -219,8 +219,10 @@ pub(crate) use role;
 ///   PostgreSQL array per column, in order, for UNNEST), each of the columns a [`Selection`]
 ///   includes.
 ///
-/// The domain value from a row stays written out beside the list (a destructuring that names
-/// every field, so that the compiler points at it when a column is added).
+/// The domain value from a row stays written out beside the list (`rows.rs`), since it decodes
+/// codes, hashes and terms: its struct literal names every domain field, so the field a new
+/// column needs is missed there only with a compile error, and the round-trip unit tests catch
+/// a column that is not read back.
 macro_rules! table {
     (
         $(#[$row_meta:meta])*

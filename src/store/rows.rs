@@ -110,56 +110,37 @@ impl TryFrom<HeadRow> for Offering {
     type Error = StoreError;
 
     fn try_from(row: HeadRow) -> Result<Self, StoreError> {
-        // Every column named: a column added to the list must be read here too.
-        let HeadRow {
-            offering_id,
-            name,
-            max_units,
-            max_units_per_investor,
-            subscribed_units,
-            investor_count,
-            status,
-            version,
-            create_time,
-            update_time,
-            allocation,
-            open_time,
-            close_time,
-            lot_units,
-            min_units_per_investor,
-            max_total_demand,
-            demanded_units,
-            last_hash,
-        } = row;
         let corrupt = |what: &str, value: i16| {
-            StoreError::Corrupt(format!("offering {offering_id:?} has {what} {value}"))
+            StoreError::Corrupt(format!("offering {:?} has {what} {value}", row.offering_id))
         };
-        let status =
-            OfferingStatus::from_code(status.into()).ok_or_else(|| corrupt("status", status))?;
-        let allocation = Allocation::from_code(allocation.into())
-            .ok_or_else(|| corrupt("allocation", allocation))?;
+        let status = OfferingStatus::from_code(row.status.into())
+            .ok_or_else(|| corrupt("status", row.status))?;
+        let allocation = Allocation::from_code(row.allocation.into())
+            .ok_or_else(|| corrupt("allocation", row.allocation))?;
         // NULL reads as zeros: the offering still shows in reads (e.g. rows loaded straight into
         // the database since migrate() ran); a writer refuses it first (`require_chained`).
-        let last_hash =
-            hash(last_hash, || format!("offering {offering_id:?} last_hash"))?.unwrap_or_default();
+        let last_hash = hash(row.last_hash, || {
+            format!("offering {:?} last_hash", row.offering_id)
+        })?
+        .unwrap_or_default();
         Ok(Offering {
-            offering_id,
-            name,
-            max_units,
-            max_units_per_investor,
-            subscribed_units,
-            investor_count,
+            offering_id: row.offering_id,
+            name: row.name,
+            max_units: row.max_units,
+            max_units_per_investor: row.max_units_per_investor,
+            subscribed_units: row.subscribed_units,
+            investor_count: row.investor_count,
             status,
-            version,
-            create_time,
-            update_time,
+            version: row.version,
+            create_time: row.create_time,
+            update_time: row.update_time,
             allocation,
-            open_time,
-            close_time,
-            lot_units,
-            min_units_per_investor,
-            max_total_demand,
-            demanded_units,
+            open_time: row.open_time,
+            close_time: row.close_time,
+            lot_units: row.lot_units,
+            min_units_per_investor: row.min_units_per_investor,
+            max_total_demand: row.max_total_demand,
+            demanded_units: row.demanded_units,
             last_hash,
         })
     }
@@ -167,21 +148,13 @@ impl TryFrom<HeadRow> for Offering {
 
 impl From<PositionRow> for Position {
     fn from(row: PositionRow) -> Self {
-        let PositionRow {
-            offering_id,
-            investor_id,
-            units,
-            update_time,
-            demanded_units,
-            first_sequence,
-        } = row;
         Position {
-            offering_id,
-            investor_id,
-            units,
-            update_time,
-            demanded_units,
-            first_sequence,
+            offering_id: row.offering_id,
+            investor_id: row.investor_id,
+            units: row.units,
+            update_time: row.update_time,
+            demanded_units: row.demanded_units,
+            first_sequence: row.first_sequence,
         }
     }
 }
@@ -240,67 +213,46 @@ impl EntryRow {
     /// The entry, and whether its hash was stored (when not, entry_hash holds zeros): the
     /// backfill reads entries recorded before the chain this way.
     pub fn into_entry(self) -> Result<(Entry, bool), StoreError> {
-        // Every column named: a column added to the list must be read here too.
-        let EntryRow {
-            offering_id,
-            sequence,
-            kind,
-            investor_id,
-            units_delta,
-            investor_units_after,
-            offering_units_after,
-            request_id,
-            requested_units,
-            expected_version,
-            record_time,
-            actor,
-            demand_delta,
-            investor_demand_after,
-            offering_demand_after,
-            before_name,
-            before_max_units,
-            before_max_units_per_investor,
-            before_close_time,
-            after_name,
-            after_max_units,
-            after_max_units_per_investor,
-            after_close_time,
-            entry_hash,
-        } = self;
-        let kind = EntryKind::from_code(kind.into()).ok_or_else(|| {
-            StoreError::Corrupt(format!("entry {offering_id:?}#{sequence} has kind {kind}"))
+        let row = self;
+        let kind = EntryKind::from_code(row.kind.into()).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "entry {:?}#{} has kind {}",
+                row.offering_id, row.sequence, row.kind
+            ))
         })?;
-        let entry_hash = hash(entry_hash, || {
-            format!("entry {offering_id:?}#{sequence} entry_hash")
+        let after = terms(
+            row.after_name,
+            row.after_max_units,
+            row.after_max_units_per_investor,
+            row.after_close_time,
+        );
+        let before = terms(
+            row.before_name,
+            row.before_max_units,
+            row.before_max_units_per_investor,
+            row.before_close_time,
+        );
+        let entry_hash = hash(row.entry_hash, || {
+            format!("entry {:?}#{} entry_hash", row.offering_id, row.sequence)
         })?;
         let entry = Entry {
-            offering_id,
-            sequence,
+            offering_id: row.offering_id,
+            sequence: row.sequence,
             kind,
-            investor_id,
-            units_delta,
-            investor_units_after,
-            offering_units_after,
-            request_id,
-            requested_units,
-            expected_version,
-            record_time,
-            actor,
-            demand_delta,
-            investor_demand_after,
-            offering_demand_after,
-            terms_before: terms(
-                before_name,
-                before_max_units,
-                before_max_units_per_investor,
-                before_close_time,
-            ),
-            terms_after: terms(
-                after_name,
-                after_max_units,
-                after_max_units_per_investor,
-                after_close_time,
-            ),
+            investor_id: row.investor_id,
+            units_delta: row.units_delta,
+            investor_units_after: row.investor_units_after,
+            offering_units_after: row.offering_units_after,
+            request_id: row.request_id,
+            requested_units: row.requested_units,
+            expected_version: row.expected_version,
+            record_time: row.record_time,
+            actor: row.actor,
+            demand_delta: row.demand_delta,
+            investor_demand_after: row.investor_demand_after,
+            offering_demand_after: row.offering_demand_after,
+            terms_before: before,
+            terms_after: after,
             entry_hash: entry_hash.unwrap_or_default(),
         };
         Ok((entry, entry_hash.is_some()))
