@@ -374,121 +374,9 @@ impl<S: Store> Drop for WorkerGuard<'_, S> {
 
 #[cfg(test)]
 mod tests {
-    use tokio::sync::{Semaphore, broadcast};
-
     use super::*;
-    use crate::ledger::{Command, CreateOutcome, Entry, NewOffering, Offering, Position, Results};
-    use crate::store::{Changes, HistoryQuery, SnapshotReader};
-
-    /// What the fake store's next transaction does, if not the usual.
-    enum Step {
-        Fail,
-        Panic,
-    }
-
-    /// A store whose transactions wait until the test lets them through (`gate`), then do what
-    /// `script` says next, or apply nothing (every request answered "offering not found"):
-    /// enough to drive the committer through delays, failures and panics.
-    #[derive(Clone)]
-    struct GatedStore {
-        gate: Arc<Semaphore>,
-        script: Arc<Mutex<std::collections::VecDeque<Step>>>,
-        transactions: Arc<std::sync::atomic::AtomicUsize>,
-    }
-
-    impl GatedStore {
-        fn new(permits: usize, script: Vec<Step>) -> Self {
-            Self {
-                gate: Arc::new(Semaphore::new(permits)),
-                script: Arc::new(Mutex::new(script.into())),
-                transactions: Arc::default(),
-            }
-        }
-    }
-
-    impl Store for GatedStore {
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-
-        async fn create_offering(
-            &self,
-            _: &NewOffering,
-            _: Instant,
-        ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
-            unreachable!("the committer never creates")
-        }
-
-        async fn apply(
-            &self,
-            work: &[OfferingRequests],
-            _: Instant,
-        ) -> Result<Results, StoreError> {
-            let _pass = self.gate.acquire().await.expect("gate open");
-            self.transactions
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let step = self.script.lock().unwrap().pop_front();
-            match step {
-                Some(Step::Fail) => return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
-                Some(Step::Panic) => panic!("a bug in a transaction"),
-                None => {}
-            }
-            Ok(work
-                .iter()
-                .map(|item| {
-                    let missing = Rejection::OfferingNotFound {
-                        offering_id: item.offering_id.to_string(),
-                    };
-                    item.requests.iter().map(|_| Err(missing.clone())).collect()
-                })
-                .collect())
-        }
-
-        async fn get_offering(&self, _: &str) -> Result<Option<Offering>, StoreError> {
-            Ok(None)
-        }
-
-        async fn list_offerings(
-            &self,
-            _: Option<&str>,
-            _: u32,
-        ) -> Result<Vec<Offering>, StoreError> {
-            Ok(Vec::new())
-        }
-
-        async fn get_position(&self, _: &str, _: &str) -> Result<Option<Position>, StoreError> {
-            Ok(None)
-        }
-
-        async fn read_snapshot<R: SnapshotReader>(
-            &self,
-            _: &str,
-            _: &mut R,
-        ) -> Result<bool, StoreError> {
-            Ok(false)
-        }
-
-        async fn list_history(&self, _: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
-            Ok(Vec::new())
-        }
-
-        fn changes(&self) -> Changes {
-            Changes::new(broadcast::channel(1).1, None)
-        }
-
-        fn unannounced_commits_poll(&self) -> Option<std::time::Duration> {
-            None
-        }
-
-        fn pool_stats(&self) -> crate::store::PoolStats {
-            crate::store::PoolStats {
-                size: 0,
-                idle: 0,
-                max: 0,
-                primary: None,
-            }
-        }
-    }
+    use crate::ledger::Command;
+    use crate::store::fake::{FakeStore, Step};
 
     /// A caller's deadline that no test reaches.
     fn soon() -> Instant {
@@ -511,9 +399,8 @@ mod tests {
     /// Once it moves again, every request that was queued is answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queues_are_bounded_per_offering_and_per_process() {
-        let store = GatedStore::new(0, Vec::new());
-        let gate = store.gate.clone();
-        let committer = GroupCommitter::new(store);
+        let store = FakeStore::gated(0);
+        let committer = GroupCommitter::new(store.clone());
         let mut queued = Vec::new();
         // Polled once, a submission is queued (Pending) or refused (Ready) at once.
         let mut submit_until_full = |offering: &dyn Fn(usize) -> String, n: &mut usize| loop {
@@ -540,7 +427,7 @@ mod tests {
             QUEUED_REQUESTS_TOTAL_MAX
         );
 
-        gate.add_permits(1_000_000);
+        store.let_through(1_000_000);
         for call in queued {
             let outcome = call.await;
             assert!(matches!(
@@ -559,18 +446,20 @@ mod tests {
     /// the same offering, goes on as usual.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_transaction_answers_its_callers_and_the_next_goes_on() {
-        let store = GatedStore::new(1_000, vec![Step::Fail]);
+        let store = FakeStore::new().scripted(vec![Step::Fail]);
         let committer = GroupCommitter::new(store.clone());
         let failed = committer.submit("deal", request(1), soon()).await.unwrap();
         assert!(matches!(&failed, Err(error) if matches!(**error, StoreError::Unavailable(_))));
         let next = committer.submit("deal", request(2), soon()).await.unwrap();
         assert!(not_found(&next), "{next:?}");
+        // Retrying through a failover is the store's part, not the committer's.
+        assert_eq!(store.transactions(), 2, "each call once");
         retired(&committer).await;
     }
 
     /// Waits (briefly) for every worker to retire: a worker answers its callers before it looks
     /// for more work and finds none.
-    async fn retired(committer: &GroupCommitter<GatedStore>) {
+    async fn retired(committer: &GroupCommitter<FakeStore>) {
         for _ in 0..1000 {
             if lock(&committer.state).workers == 0 {
                 return;
@@ -585,8 +474,7 @@ mod tests {
     /// offering does not hold up the others.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_transaction_starts_only_when_the_first_has_stalled() {
-        let store = GatedStore::new(0, Vec::new());
-        let gate = store.gate.clone();
+        let store = FakeStore::gated(0);
         let committer = GroupCommitter::new(store.clone());
         let submit = |offering: &str, n| {
             let (committer, offering) = (committer.clone(), offering.to_owned());
@@ -616,7 +504,7 @@ mod tests {
             "the second transaction takes everything ready"
         );
 
-        gate.add_permits(1_000);
+        store.let_through(1_000);
         for call in [stuck, early, late] {
             assert!(not_found(&call.await.unwrap().unwrap()));
         }
@@ -627,8 +515,7 @@ mod tests {
     /// the requests queued behind it are still applied: nobody waits forever.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_transaction_answers_its_callers_and_the_queue_goes_on() {
-        let store = GatedStore::new(0, vec![Step::Panic]);
-        let gate = store.gate.clone();
+        let store = FakeStore::gated(0).scripted(vec![Step::Panic]);
         let committer = GroupCommitter::new(store.clone());
         let calls: Vec<_> = (0..20)
             .map(|n| {
@@ -650,7 +537,7 @@ mod tests {
             }
             tokio::task::yield_now().await;
         }
-        gate.add_permits(1_000);
+        store.let_through(1_000);
         let (mut errors, mut applied) = (0, 0);
         for call in calls {
             match call.await.unwrap().unwrap() {

@@ -141,3 +141,195 @@ pub fn applied(
         applied.replayed,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::examples;
+
+    #[test]
+    fn a_timestamp_keeps_its_seconds_and_nanoseconds() {
+        let converted = timestamp(examples::time(0));
+        assert_eq!(converted.seconds, 1_700_000_000);
+        assert_eq!(converted.nanos, 123_456_000);
+        // Before 1970 the seconds round down and the nanoseconds stay positive, as in the proto.
+        let early = chrono::DateTime::from_timestamp(-2, 250_000_000).unwrap();
+        assert_eq!(
+            (timestamp(early).seconds, timestamp(early).nanos),
+            (-2, 250_000_000)
+        );
+    }
+
+    /// The stored codes are the proto's numbers, and the names the export writes are the
+    /// proto's names without their prefix.
+    #[test]
+    fn every_enum_value_keeps_its_number_and_name() {
+        for code in 1..=4 {
+            let domain = OfferingStatus::from_code(code).unwrap();
+            let proto = status(domain);
+            assert_eq!(proto as i64, code);
+            assert_eq!(
+                proto.as_str_name(),
+                format!("OFFERING_STATUS_{}", domain.name())
+            );
+        }
+        for code in 1..=7 {
+            let domain = EntryKind::from_code(code).unwrap();
+            let proto = kind(domain);
+            assert_eq!(proto as i64, code);
+            assert_eq!(proto.as_str_name(), format!("ENTRY_KIND_{}", domain.name()));
+        }
+        for code in 1..=2 {
+            let domain = Allocation::from_code(code).unwrap();
+            let proto = allocation(domain);
+            assert_eq!(proto as i64, code);
+            assert_eq!(proto.as_str_name(), format!("ALLOCATION_{}", domain.name()));
+            assert_eq!(allocation_of(proto.into()), Some(domain));
+        }
+    }
+
+    #[test]
+    fn a_request_without_an_allocation_is_first_come_and_an_unknown_one_is_refused() {
+        assert_eq!(allocation_of(0), Some(Allocation::FirstCome));
+        assert_eq!(allocation_of(3), None);
+        assert_eq!(allocation_of(-1), None);
+    }
+
+    #[test]
+    fn an_offering_carries_every_field_and_its_remaining_units() {
+        let time = |seconds| Some(timestamp(examples::time(seconds)));
+        assert_eq!(
+            offering(examples::offering()),
+            proto::Offering {
+                offering_id: "tower-7".into(),
+                name: "Tower 7".into(),
+                max_units: 1_000,
+                max_units_per_investor: 100,
+                subscribed_units: 40,
+                remaining_units: 960,
+                investor_count: 2,
+                status: proto::OfferingStatus::Closed.into(),
+                version: 9,
+                create_time: time(1),
+                update_time: time(2),
+                allocation: proto::Allocation::ProRata.into(),
+                open_time: time(3),
+                close_time: time(4),
+                lot_units: 5,
+                min_units_per_investor: 10,
+                max_total_demand: 5_000,
+                demanded_units: 700,
+            }
+        );
+    }
+
+    #[test]
+    fn an_entry_carries_every_field_and_both_terms() {
+        let time = |seconds| Some(timestamp(examples::time(seconds)));
+        assert_eq!(
+            entry(examples::entry()),
+            proto::HistoryEntry {
+                offering_id: "tower-7".into(),
+                sequence: 9,
+                kind: proto::EntryKind::OfferingAmended.into(),
+                investor_id: "alice".into(),
+                units_delta: -3,
+                investor_units_after: 17,
+                offering_units_after: 40,
+                request_id: "amend-1".into(),
+                record_time: time(5),
+                actor: "ops".into(),
+                demand_delta: 11,
+                investor_demand_after: 13,
+                offering_demand_after: 700,
+                terms_before: Some(proto::OfferingTerms {
+                    name: "Tower 7".into(),
+                    max_units: 900,
+                    max_units_per_investor: 90,
+                    close_time: None,
+                }),
+                terms_after: Some(proto::OfferingTerms {
+                    name: "Tower Seven".into(),
+                    max_units: 1_000,
+                    max_units_per_investor: 100,
+                    close_time: time(4),
+                }),
+                entry_hash: vec![9; 32],
+                requested_units: 3,
+                expected_version: 8,
+            }
+        );
+        let plain = Entry {
+            terms_before: None,
+            terms_after: None,
+            ..examples::entry()
+        };
+        let converted = entry(plain);
+        assert_eq!(
+            (converted.terms_before, converted.terms_after),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn a_position_carries_every_field_but_its_first_sequence() {
+        assert_eq!(
+            position(examples::position()),
+            proto::Position {
+                offering_id: "tower-7".into(),
+                investor_id: "alice".into(),
+                units: 17,
+                update_time: Some(timestamp(examples::time(6))),
+                demanded_units: 13,
+            }
+        );
+        let never_held = Position {
+            update_time: None,
+            ..examples::position()
+        };
+        assert_eq!(position(never_held).update_time, None);
+    }
+
+    #[test]
+    fn a_digest_carries_its_hash_bytes_and_its_time_if_kept() {
+        let kept = Digest {
+            offering_id: "tower-7".into(),
+            sequence: 9,
+            entry_hash: [9; 32],
+            record_time: Some(examples::time(5)),
+        };
+        assert_eq!(
+            digest(kept.clone()),
+            proto::Digest {
+                offering_id: "tower-7".into(),
+                sequence: 9,
+                entry_hash: vec![9; 32],
+                record_time: Some(timestamp(examples::time(5))),
+            }
+        );
+        let hash_only = Digest {
+            record_time: None,
+            ..kept
+        };
+        assert_eq!(digest(hash_only).record_time, None);
+    }
+
+    #[test]
+    fn an_applied_request_answers_with_its_entry_offering_position_and_replay() {
+        let applied_request = Applied {
+            entry: examples::entry(),
+            offering: examples::offering(),
+            position: Some(examples::position()),
+            replayed: true,
+        };
+        assert_eq!(
+            applied(applied_request),
+            (
+                Some(entry(examples::entry())),
+                Some(offering(examples::offering())),
+                Some(position(examples::position())),
+                true,
+            )
+        );
+    }
+}

@@ -4,6 +4,8 @@
 
 pub mod allocation;
 pub mod chain;
+#[cfg(test)]
+pub(crate) mod examples;
 mod rules;
 mod types;
 pub mod verify;

@@ -4,6 +4,9 @@
 //! committed in exactly one function per backend (`create_offering` and `apply`): lock, load,
 //! let `ledger` decide, write, commit. A result is returned only after the commit returned.
 
+mod columns;
+#[cfg(test)]
+pub(crate) mod fake;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -23,6 +26,9 @@ pub use crate::telemetry::metrics::PoolStats;
 
 pub use postgres::{DEFAULT_IO_TIMEOUT, PgSettings, PgStore, PgTargets};
 pub use sqlite::{LIST_OFFERINGS_SQL as SQLITE_LIST_OFFERINGS_SQL, SqliteStore};
+
+#[cfg(test)]
+pub(crate) use rows::STORED_COLUMNS;
 
 /// Errors of the storage itself, as opposed to a ledger rule refusing a request.
 #[derive(Debug, thiserror::Error)]

@@ -1,44 +1,95 @@
-//! Row types shared by both backends (the column names and types are the same in both schemas),
-//! and their checked conversion into ledger types.
+//! The stored columns of each table, declared once (`table!`, see `columns.rs`), and the checked
+//! conversion of their rows into ledger types. Both backends' schemas have the same column
+//! names and types.
 
 use crate::ledger::{
     Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms, Timestamp,
 };
 
 use super::StoreError;
+use super::columns::table;
 
-/// Column list matching [`HeadRow`], as a literal so that queries stay `&'static str`.
-macro_rules! head_columns {
-    () => {
-        "offering_id, name, max_units, max_units_per_investor, subscribed_units, investor_count, status, version, \
-         create_time, update_time, allocation, open_time, close_time, lot_units, min_units_per_investor, \
-         max_total_demand, demanded_units, last_hash"
-    };
+table! {
+    /// offering_head: one row per offering, locked by every writer of the offering.
+    pub struct HeadRow from Offering (head), listed by head_columns! {
+        offering_id: String [text, key] = head.offering_id.clone(),
+        name: String [text, updated] = head.name.clone(),
+        max_units: i64 [bigint, updated] = head.max_units,
+        max_units_per_investor: i64 [bigint, updated] = head.max_units_per_investor,
+        subscribed_units: i64 [bigint, updated] = head.subscribed_units,
+        investor_count: i64 [bigint, updated] = head.investor_count,
+        status: i16 [smallint, updated] = head.status as i16,
+        version: i64 [bigint, updated] = head.version,
+        create_time: Timestamp [timestamptz] = head.create_time,
+        update_time: Timestamp [timestamptz, updated] = head.update_time,
+        allocation: i16 [smallint] = head.allocation as i16,
+        open_time: Option<Timestamp> [timestamptz] = head.open_time,
+        close_time: Option<Timestamp> [timestamptz, updated] = head.close_time,
+        lot_units: i64 [bigint] = head.lot_units,
+        min_units_per_investor: i64 [bigint] = head.min_units_per_investor,
+        max_total_demand: i64 [bigint] = head.max_total_demand,
+        demanded_units: i64 [bigint, updated] = head.demanded_units,
+        /// NULL only for an offering recorded before the chain and not yet backfilled.
+        last_hash: Option<Vec<u8>> [bytea, updated] = Some(head.last_hash.to_vec()),
+    }
 }
-pub(crate) use head_columns;
 
-#[derive(sqlx::FromRow)]
-pub struct HeadRow {
-    offering_id: String,
-    name: String,
-    max_units: i64,
-    max_units_per_investor: i64,
-    subscribed_units: i64,
-    investor_count: i64,
-    status: i16,
-    version: i64,
-    create_time: Timestamp,
-    update_time: Timestamp,
-    allocation: i16,
-    open_time: Option<Timestamp>,
-    close_time: Option<Timestamp>,
-    lot_units: i64,
-    min_units_per_investor: i64,
-    max_total_demand: i64,
-    demanded_units: i64,
-    /// NULL only for an offering recorded before the chain and not yet backfilled.
-    last_hash: Option<Vec<u8>>,
+table! {
+    /// investor_position: one row per investor who ever held units in an offering.
+    pub struct PositionRow from Position (position), listed by position_columns! {
+        offering_id: String [text, key] = position.offering_id.clone(),
+        investor_id: String [text, key] = position.investor_id.clone(),
+        units: i64 [bigint, updated] = position.units,
+        /// NOT NULL in the schema; None in the domain for an investor never written.
+        update_time: Option<Timestamp> [timestamptz, updated] = position.update_time,
+        demanded_units: i64 [bigint, updated] = position.demanded_units,
+        /// Set by the investor's first subscription and kept.
+        first_sequence: i64 [bigint] = position.first_sequence,
+    }
 }
+
+table! {
+    /// history_entry: one row per entry, never updated (its triggers refuse it).
+    pub struct EntryRow from Entry (entry), listed by entry_columns! {
+        offering_id: String [text] = entry.offering_id.clone(),
+        sequence: i64 [bigint] = entry.sequence,
+        kind: i16 [smallint] = entry.kind as i16,
+        investor_id: String [text] = entry.investor_id.clone(),
+        units_delta: i64 [bigint] = entry.units_delta,
+        investor_units_after: i64 [bigint] = entry.investor_units_after,
+        offering_units_after: i64 [bigint] = entry.offering_units_after,
+        request_id: String [text] = entry.request_id.clone(),
+        requested_units: i64 [bigint] = entry.requested_units,
+        expected_version: i64 [bigint] = entry.expected_version,
+        record_time: Timestamp [timestamptz] = entry.record_time,
+        actor: String [text] = entry.actor.clone(),
+        demand_delta: i64 [bigint] = entry.demand_delta,
+        investor_demand_after: i64 [bigint] = entry.investor_demand_after,
+        offering_demand_after: i64 [bigint] = entry.offering_demand_after,
+        before_name: Option<String> [text] = entry.terms_before.as_ref().map(|t| t.name.clone()),
+        before_max_units: Option<i64> [bigint] = entry.terms_before.as_ref().map(|t| t.max_units),
+        before_max_units_per_investor: Option<i64> [bigint] =
+            entry.terms_before.as_ref().map(|t| t.max_units_per_investor),
+        before_close_time: Option<Timestamp> [timestamptz] =
+            entry.terms_before.as_ref().and_then(|t| t.close_time),
+        after_name: Option<String> [text] = entry.terms_after.as_ref().map(|t| t.name.clone()),
+        after_max_units: Option<i64> [bigint] = entry.terms_after.as_ref().map(|t| t.max_units),
+        after_max_units_per_investor: Option<i64> [bigint] =
+            entry.terms_after.as_ref().map(|t| t.max_units_per_investor),
+        after_close_time: Option<Timestamp> [timestamptz] =
+            entry.terms_after.as_ref().and_then(|t| t.close_time),
+        /// NULL only for an entry recorded before the chain and not yet backfilled.
+        entry_hash: Option<Vec<u8>> [bytea] = Some(entry.entry_hash.to_vec()),
+    }
+}
+
+/// Every table's columns, for the checks that what else lists them (the export) lists them all.
+#[cfg(test)]
+pub(crate) const STORED_COLUMNS: [(&str, &[super::columns::Column]); 3] = [
+    ("offering_head", HeadRow::COLUMNS),
+    ("investor_position", PositionRow::COLUMNS),
+    ("history_entry", EntryRow::COLUMNS),
+];
 
 impl HeadRow {
     /// Appending to an offering whose history is not hashed would link to nothing: writers
@@ -95,76 +146,17 @@ impl TryFrom<HeadRow> for Offering {
     }
 }
 
-/// Column list matching [`PositionRow`].
-macro_rules! position_columns {
-    () => {
-        "offering_id, investor_id, units, update_time, demanded_units, first_sequence"
-    };
-}
-pub(crate) use position_columns;
-
-#[derive(sqlx::FromRow)]
-pub struct PositionRow {
-    offering_id: String,
-    investor_id: String,
-    units: i64,
-    update_time: Timestamp,
-    demanded_units: i64,
-    first_sequence: i64,
-}
-
 impl From<PositionRow> for Position {
     fn from(row: PositionRow) -> Self {
         Position {
             offering_id: row.offering_id,
             investor_id: row.investor_id,
             units: row.units,
-            update_time: Some(row.update_time),
+            update_time: row.update_time,
             demanded_units: row.demanded_units,
             first_sequence: row.first_sequence,
         }
     }
-}
-
-/// Column list matching [`EntryRow`].
-macro_rules! entry_columns {
-    () => {
-        "offering_id, sequence, kind, investor_id, units_delta, investor_units_after, offering_units_after, \
-         request_id, requested_units, expected_version, record_time, actor, demand_delta, \
-         investor_demand_after, offering_demand_after, before_name, before_max_units, \
-         before_max_units_per_investor, before_close_time, after_name, after_max_units, \
-         after_max_units_per_investor, after_close_time, entry_hash"
-    };
-}
-pub(crate) use entry_columns;
-
-#[derive(sqlx::FromRow)]
-pub struct EntryRow {
-    offering_id: String,
-    sequence: i64,
-    kind: i16,
-    investor_id: String,
-    units_delta: i64,
-    investor_units_after: i64,
-    offering_units_after: i64,
-    request_id: String,
-    requested_units: i64,
-    expected_version: i64,
-    record_time: Timestamp,
-    actor: String,
-    demand_delta: i64,
-    investor_demand_after: i64,
-    offering_demand_after: i64,
-    before_name: Option<String>,
-    before_max_units: Option<i64>,
-    before_max_units_per_investor: Option<i64>,
-    before_close_time: Option<Timestamp>,
-    after_name: Option<String>,
-    after_max_units: Option<i64>,
-    after_max_units_per_investor: Option<i64>,
-    after_close_time: Option<Timestamp>,
-    /// NULL only for an entry recorded before the chain and not yet backfilled.
-    entry_hash: Option<Vec<u8>>,
 }
 
 /// A stored hash: NULL stays None, 32 bytes are a hash, any other length is corrupt.
@@ -275,96 +267,164 @@ pub fn into_offerings(rows: Vec<HeadRow>) -> Result<Vec<Offering>, StoreError> {
     rows.into_iter().map(Offering::try_from).collect()
 }
 
-/// A query with its arguments, on either backend.
-pub type Bound<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::examples;
+    use crate::store::columns::{Selection, names};
 
-/// Binds every column of [`head_columns`], in order: what the ledger built is what is written.
-pub fn bind_head<'q, DB>(query: Bound<'q, DB>, head: &Offering) -> Bound<'q, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    i64: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    i16: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Timestamp: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Option<Timestamp>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Vec<u8>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-{
-    query
-        .bind(head.offering_id.clone())
-        .bind(head.name.clone())
-        .bind(head.max_units)
-        .bind(head.max_units_per_investor)
-        .bind(head.subscribed_units)
-        .bind(head.investor_count)
-        .bind(head.status as i16)
-        .bind(head.version)
-        .bind(head.create_time)
-        .bind(head.update_time)
-        .bind(head.allocation as i16)
-        .bind(head.open_time)
-        .bind(head.close_time)
-        .bind(head.lot_units)
-        .bind(head.min_units_per_investor)
-        .bind(head.max_total_demand)
-        .bind(head.demanded_units)
-        .bind(head.last_hash.to_vec())
-}
+    fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+        match result {
+            Err(StoreError::Corrupt(what)) => what,
+            other => panic!("not refused as corrupt: {other:?}"),
+        }
+    }
 
-/// Binds every column of [`entry_columns`], in order.
-pub fn bind_entry<'q, DB>(query: Bound<'q, DB>, entry: &Entry) -> Bound<'q, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Option<String>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    i64: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Option<i64>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    i16: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Timestamp: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Option<Timestamp>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Vec<u8>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-{
-    let before = entry.terms_before.as_ref();
-    let after = entry.terms_after.as_ref();
-    query
-        .bind(entry.offering_id.clone())
-        .bind(entry.sequence)
-        .bind(entry.kind as i16)
-        .bind(entry.investor_id.clone())
-        .bind(entry.units_delta)
-        .bind(entry.investor_units_after)
-        .bind(entry.offering_units_after)
-        .bind(entry.request_id.clone())
-        .bind(entry.requested_units)
-        .bind(entry.expected_version)
-        .bind(entry.record_time)
-        .bind(entry.actor.clone())
-        .bind(entry.demand_delta)
-        .bind(entry.investor_demand_after)
-        .bind(entry.offering_demand_after)
-        .bind(before.map(|t| t.name.clone()))
-        .bind(before.map(|t| t.max_units))
-        .bind(before.map(|t| t.max_units_per_investor))
-        .bind(before.and_then(|t| t.close_time))
-        .bind(after.map(|t| t.name.clone()))
-        .bind(after.map(|t| t.max_units))
-        .bind(after.map(|t| t.max_units_per_investor))
-        .bind(after.and_then(|t| t.close_time))
-        .bind(entry.entry_hash.to_vec())
-}
+    #[test]
+    fn an_offering_reads_back_as_it_was_written() {
+        let offering = examples::offering();
+        let row = HeadRow::from(&offering);
+        row.require_chained().unwrap();
+        assert_eq!(Offering::try_from(row).unwrap(), offering);
+    }
 
-/// Binds every column of [`position_columns`], in order.
-pub fn bind_position<'q, DB>(query: Bound<'q, DB>, position: &Position) -> Bound<'q, DB>
-where
-    DB: sqlx::Database,
-    String: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    i64: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-    Option<Timestamp>: sqlx::Type<DB> + for<'t> sqlx::Encode<'t, DB>,
-{
-    query
-        .bind(position.offering_id.clone())
-        .bind(position.investor_id.clone())
-        .bind(position.units)
-        .bind(position.update_time)
-        .bind(position.demanded_units)
-        .bind(position.first_sequence)
+    #[test]
+    fn an_entry_reads_back_as_it_was_written_with_or_without_terms() {
+        let amended = examples::entry();
+        assert_eq!(Entry::try_from(EntryRow::from(&amended)).unwrap(), amended);
+        let created = Entry {
+            terms_before: None,
+            ..examples::entry()
+        };
+        assert_eq!(Entry::try_from(EntryRow::from(&created)).unwrap(), created);
+        let subscribed = Entry {
+            terms_after: None,
+            ..created
+        };
+        assert_eq!(
+            Entry::try_from(EntryRow::from(&subscribed)).unwrap(),
+            subscribed
+        );
+    }
+
+    #[test]
+    fn a_position_reads_back_as_it_was_written() {
+        let position = examples::position();
+        assert_eq!(Position::from(PositionRow::from(&position)), position);
+    }
+
+    #[test]
+    fn terms_read_as_none_unless_their_name_and_caps_are_all_there() {
+        let mut row = EntryRow::from(&examples::entry());
+        row.before_max_units = None;
+        row.after_name = None;
+        let entry = Entry::try_from(row).unwrap();
+        assert_eq!((entry.terms_before, entry.terms_after), (None, None));
+    }
+
+    #[test]
+    fn codes_no_migration_writes_are_refused_as_corrupt() {
+        for status in [0, 5, -1] {
+            let row = HeadRow {
+                status,
+                ..HeadRow::from(&examples::offering())
+            };
+            let what = corrupt(Offering::try_from(row));
+            assert_eq!(what, format!("offering \"tower-7\" has status {status}"));
+        }
+        for allocation in [0, 3] {
+            let row = HeadRow {
+                allocation,
+                ..HeadRow::from(&examples::offering())
+            };
+            let what = corrupt(Offering::try_from(row));
+            assert_eq!(
+                what,
+                format!("offering \"tower-7\" has allocation {allocation}")
+            );
+        }
+        for kind in [0, 8] {
+            let row = EntryRow {
+                kind,
+                ..EntryRow::from(&examples::entry())
+            };
+            let what = corrupt(Entry::try_from(row));
+            assert_eq!(what, format!("entry \"tower-7\"#9 has kind {kind}"));
+        }
+    }
+
+    #[test]
+    fn hashes_of_any_length_but_32_bytes_are_refused_as_corrupt() {
+        for length in [0, 31, 33] {
+            let head = HeadRow {
+                last_hash: Some(vec![7; length]),
+                ..HeadRow::from(&examples::offering())
+            };
+            let what = corrupt(Offering::try_from(head));
+            assert!(
+                what.contains(&format!("last_hash is {length} bytes")),
+                "{what}"
+            );
+            let entry = EntryRow {
+                entry_hash: Some(vec![9; length]),
+                ..EntryRow::from(&examples::entry())
+            };
+            let what = corrupt(Entry::try_from(entry));
+            assert!(
+                what.contains(&format!("entry_hash is {length} bytes")),
+                "{what}"
+            );
+        }
+    }
+
+    /// Recorded before the hash chain and not yet backfilled: only the backfill reads such an
+    /// entry, and no writer appends to such an offering; reads show the head with zeros.
+    #[test]
+    fn what_the_chain_has_not_reached_is_read_only_where_it_may_be() {
+        let entry = EntryRow {
+            entry_hash: None,
+            ..EntryRow::from(&examples::entry())
+        };
+        let (unhashed, hashed) = entry.into_entry().unwrap();
+        assert!(!hashed);
+        assert_eq!(unhashed.entry_hash, [0; 32]);
+        let entry = EntryRow {
+            entry_hash: None,
+            ..EntryRow::from(&examples::entry())
+        };
+        assert!(corrupt(Entry::try_from(entry)).contains("has no entry_hash"));
+
+        let head = HeadRow {
+            last_hash: None,
+            ..HeadRow::from(&examples::offering())
+        };
+        assert!(corrupt(head.require_chained()).contains("has no last_hash"));
+        assert_eq!(Offering::try_from(head).unwrap().last_hash, [0; 32]);
+    }
+
+    /// The literal lists that SELECTs use and the lists that writes are made from are one.
+    #[test]
+    fn the_column_literals_are_the_declared_columns() {
+        assert_eq!(head_columns!(), names(HeadRow::COLUMNS, Selection::All));
+        assert_eq!(
+            position_columns!(),
+            names(PositionRow::COLUMNS, Selection::All)
+        );
+        assert_eq!(entry_columns!(), names(EntryRow::COLUMNS, Selection::All));
+    }
+
+    /// A head's write rewrites its running totals, status, terms and last hash, never what
+    /// CreateOffering alone sets; a position's keeps its first sequence.
+    #[test]
+    fn a_write_rewrites_the_keys_and_updated_columns_only() {
+        assert_eq!(
+            names(HeadRow::COLUMNS, Selection::Rewritten),
+            "offering_id, name, max_units, max_units_per_investor, subscribed_units, \
+             investor_count, status, version, update_time, close_time, demanded_units, last_hash"
+        );
+        assert_eq!(
+            names(PositionRow::COLUMNS, Selection::Rewritten),
+            "offering_id, investor_id, units, update_time, demanded_units"
+        );
+    }
 }

@@ -6,7 +6,7 @@
 //! commit durable before the caller is answered, even across a power loss.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -14,9 +14,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::broadcast;
 
+use super::columns::{Params, Selection, insert_row, on_conflict_update};
 use super::rows::{
-    EntryRow, HeadRow, PositionRow, bind_entry, bind_head, bind_position, entry_columns,
-    head_columns, into_entries, into_offerings, position_columns,
+    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+    position_columns,
 };
 use super::{
     CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store,
@@ -48,6 +49,22 @@ pub const LIST_OFFERINGS_SQL: &str = concat!(
     head_columns!(),
     " FROM offering_head WHERE offering_id > ?1 ORDER BY offering_id LIMIT ?2"
 );
+
+/// The writes of whole rows, made once from the column lists (rows.rs).
+static INSERT_HEAD: LazyLock<String> =
+    LazyLock::new(|| insert_row("offering_head", HeadRow::COLUMNS, &mut Params::sqlite()));
+static INSERT_ENTRY: LazyLock<String> =
+    LazyLock::new(|| insert_row("history_entry", EntryRow::COLUMNS, &mut Params::sqlite()));
+static UPSERT_POSITION: LazyLock<String> = LazyLock::new(|| {
+    let columns = PositionRow::COLUMNS;
+    let insert = insert_row("investor_position", columns, &mut Params::sqlite());
+    format!("{insert} {}", on_conflict_update(columns))
+});
+/// A head's running totals, status, terms and last hash, after a batch.
+static UPDATE_HEAD: LazyLock<String> = LazyLock::new(|| {
+    let assignments = Params::sqlite().update(HeadRow::COLUMNS);
+    format!("UPDATE offering_head {assignments}")
+});
 
 /// history_entry's refusal of UPDATE, exactly as migrations 0001 and 0003 create it: the
 /// backfill of the hash chain drops it and creates it again in one transaction.
@@ -275,36 +292,17 @@ impl SqliteStore {
             insert_entry(tx, entry).await?;
         }
         for position in &writes.positions {
-            let upsert = sqlx::query(concat!(
-                "INSERT INTO investor_position (",
-                position_columns!(),
-                ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = excluded.units, \
-                    update_time = excluded.update_time, demanded_units = excluded.demanded_units"
-            ));
-            bind_position(upsert, position).execute(&mut **tx).await?;
+            let upsert = sqlx::query(UPSERT_POSITION.as_str());
+            PositionRow::from(position)
+                .bind(upsert, Selection::All)
+                .execute(&mut **tx)
+                .await?;
         }
-        let head = &writes.head;
-        sqlx::query(
-            "UPDATE offering_head SET subscribed_units = ?2, investor_count = ?3, status = ?4, version = ?5, \
-                update_time = ?6, demanded_units = ?7, name = ?8, max_units = ?9, max_units_per_investor = ?10, \
-                close_time = ?11, last_hash = ?12 \
-             WHERE offering_id = ?1",
-        )
-        .bind(&head.offering_id)
-        .bind(head.subscribed_units)
-        .bind(head.investor_count)
-        .bind(head.status as i16)
-        .bind(head.version)
-        .bind(head.update_time)
-        .bind(head.demanded_units)
-        .bind(&head.name)
-        .bind(head.max_units)
-        .bind(head.max_units_per_investor)
-        .bind(head.close_time)
-        .bind(head.last_hash.as_slice())
-        .execute(&mut **tx)
-        .await?;
+        let update = sqlx::query(UPDATE_HEAD.as_str());
+        HeadRow::from(&writes.head)
+            .bind(update, Selection::Rewritten)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -347,13 +345,11 @@ async fn insert_entry(
     tx: &mut Transaction<'static, Sqlite>,
     entry: &Entry,
 ) -> Result<(), StoreError> {
-    let insert = sqlx::query(concat!(
-        "INSERT INTO history_entry (",
-        entry_columns!(),
-        ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-            ?21, ?22, ?23, ?24)"
-    ));
-    bind_entry(insert, entry).execute(&mut **tx).await?;
+    let insert = sqlx::query(INSERT_ENTRY.as_str());
+    EntryRow::from(entry)
+        .bind(insert, Selection::All)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -384,12 +380,11 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(check_create(new, existing, &created_by.try_into()?));
         }
-        let insert = sqlx::query(concat!(
-            "INSERT INTO offering_head (",
-            head_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
-        ));
-        bind_head(insert, &head).execute(&mut *tx).await?;
+        let insert = sqlx::query(INSERT_HEAD.as_str());
+        HeadRow::from(&head)
+            .bind(insert, Selection::All)
+            .execute(&mut *tx)
+            .await?;
         insert_entry(&mut tx, &entry).await?;
         tx.commit().await?;
         self.announce(&head.offering_id, 1);

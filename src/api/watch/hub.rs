@@ -310,149 +310,8 @@ async fn next_tick(poll: &mut Option<Interval>) {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
-
     use super::*;
-    use crate::ledger::{
-        CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
-    };
-    use crate::store::{PoolStats, SnapshotReader, StoreError};
-
-    /// A store of history alone: entries appended by the test, announced (or not) by the test,
-    /// and every history read counted.
-    #[derive(Clone)]
-    struct HistoryStore {
-        entries: Arc<Mutex<Vec<Entry>>>,
-        reads: Arc<AtomicUsize>,
-        changes: broadcast::Sender<Change>,
-    }
-
-    impl HistoryStore {
-        fn new() -> Self {
-            Self {
-                entries: Arc::default(),
-                reads: Arc::default(),
-                changes: broadcast::channel(16).0,
-            }
-        }
-
-        /// Appends the offering's next entry; returns its sequence.
-        fn append(&self, offering_id: &str) -> i64 {
-            let mut entries = self.entries.lock().unwrap();
-            let sequence = 1 + entries
-                .iter()
-                .filter(|e| e.offering_id == offering_id)
-                .count() as i64;
-            entries.push(Entry {
-                offering_id: offering_id.to_owned(),
-                sequence,
-                kind: EntryKind::Subscribed,
-                investor_id: "alice".into(),
-                units_delta: 1,
-                investor_units_after: sequence,
-                offering_units_after: sequence,
-                request_id: format!("r{sequence}"),
-                requested_units: 1,
-                expected_version: 0,
-                record_time: chrono::DateTime::UNIX_EPOCH,
-                actor: "test".into(),
-                demand_delta: 0,
-                investor_demand_after: 0,
-                offering_demand_after: 0,
-                terms_before: None,
-                terms_after: None,
-                entry_hash: [0; 32],
-            });
-            sequence
-        }
-
-        fn announce(&self, offering_id: &str, version: i64) {
-            let change = Change::Committed {
-                offering_id: offering_id.into(),
-                version,
-            };
-            self.changes.send(change).unwrap();
-        }
-
-        fn reads(&self) -> usize {
-            self.reads.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Store for HistoryStore {
-        async fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-
-        async fn create_offering(
-            &self,
-            _: &NewOffering,
-            _: std::time::Instant,
-        ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
-            unreachable!("watching never creates")
-        }
-
-        async fn apply(
-            &self,
-            _: &[OfferingRequests],
-            _: std::time::Instant,
-        ) -> Result<Results, StoreError> {
-            unreachable!("watching never writes")
-        }
-
-        async fn get_offering(&self, _: &str) -> Result<Option<Offering>, StoreError> {
-            unreachable!("PostgreSQL-like: no head polls")
-        }
-
-        async fn list_offerings(
-            &self,
-            _: Option<&str>,
-            _: u32,
-        ) -> Result<Vec<Offering>, StoreError> {
-            unreachable!()
-        }
-
-        async fn get_position(&self, _: &str, _: &str) -> Result<Option<Position>, StoreError> {
-            unreachable!()
-        }
-
-        async fn read_snapshot<R: SnapshotReader>(
-            &self,
-            _: &str,
-            _: &mut R,
-        ) -> Result<bool, StoreError> {
-            unreachable!()
-        }
-
-        async fn list_history(&self, query: HistoryQuery<'_>) -> Result<Vec<Entry>, StoreError> {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            let entries = self.entries.lock().unwrap();
-            Ok(entries
-                .iter()
-                .filter(|e| e.offering_id == query.offering_id)
-                .filter(|e| e.sequence > query.after_sequence)
-                .take(query.limit as usize)
-                .cloned()
-                .collect())
-        }
-
-        fn changes(&self) -> Changes {
-            Changes::new(self.changes.subscribe(), None)
-        }
-
-        fn unannounced_commits_poll(&self) -> Option<Duration> {
-            None
-        }
-
-        fn pool_stats(&self) -> PoolStats {
-            PoolStats {
-                size: 0,
-                idle: 0,
-                max: 0,
-                primary: None,
-            }
-        }
-    }
+    use crate::store::fake::FakeStore;
 
     /// The next entry's sequence a follower receives.
     async fn next_sequence(following: &mut Following) -> i64 {
@@ -473,12 +332,12 @@ mod tests {
 
     #[tokio::test]
     async fn followers_share_one_read_per_commit_and_none_while_idle() {
-        let store = HistoryStore::new();
+        let store = FakeStore::new();
         store.append("deal");
         let hub = WatchHub::new(store.clone());
         let mut followers: Vec<Following> = (0..100).map(|_| hub.follow("deal", 1)).collect();
         settle().await;
-        assert_eq!(store.reads(), 0, "nothing read before a commit");
+        assert_eq!(store.history_reads(), 0, "nothing read before a commit");
 
         let sequence = store.append("deal");
         // PostgreSQL announces a commit twice: from the writing process, and by NOTIFY.
@@ -489,7 +348,7 @@ mod tests {
         }
         settle().await;
         assert_eq!(
-            store.reads(),
+            store.history_reads(),
             1,
             "one read for 100 followers and two announcements"
         );
@@ -497,7 +356,7 @@ mod tests {
 
     #[tokio::test]
     async fn missed_announcements_make_every_reader_read_once() {
-        let store = HistoryStore::new();
+        let store = FakeStore::new();
         store.append("a");
         store.append("b");
         let hub = WatchHub::new(store.clone());
@@ -506,16 +365,16 @@ mod tests {
         // Committed while the listener was down: never announced.
         store.append("a");
         store.append("b");
-        store.changes.send(Change::Missed).unwrap();
+        store.announce_missed();
         assert_eq!(next_sequence(&mut a).await, 2);
         assert_eq!(next_sequence(&mut b).await, 2);
         settle().await;
-        assert_eq!(store.reads(), 2);
+        assert_eq!(store.history_reads(), 2);
     }
 
     #[tokio::test]
     async fn the_reader_leaves_with_its_last_follower() {
-        let store = HistoryStore::new();
+        let store = FakeStore::new();
         store.append("deal");
         let hub = WatchHub::new(store.clone());
         let first = hub.follow("deal", 1);
@@ -528,40 +387,28 @@ mod tests {
         let sequence = store.append("deal");
         store.announce("deal", sequence);
         settle().await;
-        assert_eq!(store.reads(), 0);
+        assert_eq!(store.history_reads(), 0);
     }
 
     #[tokio::test]
     async fn the_store_is_followed_only_while_an_offering_is_watched() {
-        let store = HistoryStore::new();
+        let store = FakeStore::new();
         store.append("a");
         store.append("b");
         let hub = WatchHub::new(store.clone());
         settle().await;
-        assert_eq!(store.changes.receiver_count(), 0, "no stream, no follower");
+        assert_eq!(store.followers(), 0, "no stream, no follower");
 
         let a = hub.follow("a", 1);
-        assert_eq!(
-            store.changes.receiver_count(),
-            1,
-            "followed before follow returns"
-        );
+        assert_eq!(store.followers(), 1, "followed before follow returns");
         let b = hub.follow("b", 1);
-        assert_eq!(
-            store.changes.receiver_count(),
-            1,
-            "one follower per process"
-        );
+        assert_eq!(store.followers(), 1, "one follower per process");
         drop(a);
         settle().await;
-        assert_eq!(store.changes.receiver_count(), 1, "b is still watched");
+        assert_eq!(store.followers(), 1, "b is still watched");
         drop(b);
         settle().await;
-        assert_eq!(
-            store.changes.receiver_count(),
-            0,
-            "left with the last stream"
-        );
+        assert_eq!(store.followers(), 0, "left with the last stream");
 
         // Watched again: followed again, and announcements reach the new reader.
         let mut a = hub.follow("a", 1);

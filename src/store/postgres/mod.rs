@@ -9,55 +9,47 @@
 //! Every statement has a deadline (--db-io-timeout): a connection that passes it, or fails in a
 //! way a changed primary explains, is closed, never pooled again, and the primary is looked for
 //! again; mutations then try again on the writer found, within the caller's deadline.
+//!
+//! This file holds the store, its connections and the statement deadline, the reads, and the
+//! [`Store`] calls; the transactions that write are `apply` (a batch, written by `write`) and
+//! `create`; `backfill` migrates; `changes` hears the NOTIFYs.
 
+mod apply;
+mod backfill;
+mod changes;
+mod create;
 mod primary;
 mod url;
+mod write;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::SubsecRound;
-
 use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgListener, PgPoolOptions};
+use sqlx::postgres::{PgConnection, PgPoolOptions};
 use sqlx::{Connection, PgPool, Postgres};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::rows::{
-    EntryRow, HeadRow, PositionRow, bind_entry, bind_head, entry_columns, head_columns,
-    into_entries, into_offerings, position_columns,
+    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
+    position_columns,
 };
 use super::{
     CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Interest, PoolStats, SnapshotReader,
     Store, StoreError,
 };
 use crate::ledger::{
-    self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
-    Position, Rejection, Results, Timestamp, check_create,
+    CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
 use primary::Primary;
 pub use url::{PgTargets, UrlError};
 
-/// NOTIFY channel carrying "version:offering_id" after each commit.
-const CHANGE_CHANNEL: &str = "subledger_history";
-/// How a ledger transaction begins, in the same round trip as its BEGIN: with each statement's
-/// plan made once per connection and reused (planning them anew cost 0.3 ms of a lone call's
-/// 0.85 ms in PostgreSQL), and with sequential scans ruled out, so that a plan made while the
-/// tables were small cannot scan them in full once they are large. Every statement of `apply`
-/// is an index lookup by design; other statements keep the connection's custom plans.
-const BEGIN_APPLY: &str =
-    "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL enable_seqscan = off";
 /// How long a call may wait for a pooled connection before it answers UNAVAILABLE.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the change listener stays after its last follower leaves, so that a watcher that
-/// reconnects does not make it reconnect too.
-const LISTEN_LINGER: Duration = Duration::from_secs(2);
-/// Pause before the change listener reconnects after losing its connection.
-const LISTENER_RETRY: Duration = Duration::from_secs(1);
 /// The least pause between two attempts of one mutation through a failover: a host that keeps
 /// failing the same way is not hammered.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -67,16 +59,6 @@ const READ_RETRY_WAIT: Duration = Duration::from_secs(15);
 /// waiting for a lock is refused by PostgreSQL first, and above a synchronous commit's usual
 /// wait.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(15);
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// A locked head and the database's clock when it was locked.
-#[derive(sqlx::FromRow)]
-struct LockedHeadRow {
-    #[sqlx(flatten)]
-    head: HeadRow,
-    db_now: Timestamp,
-}
 
 /// Says that 'a outlives 'c, for a closure bound over every 'c (see `PgStore::read`).
 type Scope<'c, 'a> = std::marker::PhantomData<&'c &'a ()>;
@@ -146,7 +128,7 @@ impl PgStore {
         let (interest, followers) = Interest::new();
         let stop = CancellationToken::new();
         tokio::spawn(primary.clone().follow(pool.clone(), stop.clone()));
-        tokio::spawn(forward_notifications(
+        tokio::spawn(changes::forward_notifications(
             primary.clone(),
             changes.downgrade(),
             followers,
@@ -288,284 +270,6 @@ impl PgStore {
         )))
     }
 
-    /// Applies pending migrations, then hashes the history of every offering recorded before
-    /// the hash chain, so that no entry is left unhashed once a server serves. Safe when several
-    /// replicas start at once: sqlx takes an advisory lock around the migrations, and each
-    /// offering is backfilled under its head lock by whichever replica gets it first.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
-        let unchained: Vec<String> = sqlx::query_scalar(
-            "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for offering_id in &unchained {
-            self.backfill_chain(offering_id).await?;
-        }
-        if !unchained.is_empty() {
-            tracing::info!(
-                offerings = unchained.len(),
-                "hashed the history recorded before the hash chain"
-            );
-        }
-        Ok(())
-    }
-
-    /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,
-    /// read the entries in sequence order a page at a time, write each entry_hash, then the
-    /// head's last_hash.
-    ///
-    /// history_entry's append-only trigger refuses the UPDATE, so it is disabled and enabled
-    /// again inside this transaction. ALTER TABLE ... DISABLE TRIGGER is transactional DDL that
-    /// takes an ACCESS EXCLUSIVE lock on history_entry until COMMIT: no other session can read or
-    /// write the table meanwhile, so none ever sees the trigger disabled, and a failure anywhere
-    /// rolls the disabling back with the rest.
-    async fn backfill_chain(&self, offering_id: &str) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The head first, as every writer locks it (then history_entry): no lock-order deadlock.
-        let unchained: Option<bool> = sqlx::query_scalar(
-            "SELECT last_hash IS NULL FROM offering_head WHERE offering_id = $1 FOR UPDATE",
-        )
-        .bind(offering_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if unchained != Some(true) {
-            // Another replica backfilled it meanwhile.
-            tx.rollback().await?;
-            return Ok(());
-        }
-        sqlx::query("ALTER TABLE history_entry DISABLE TRIGGER history_entry_no_update_delete")
-            .execute(&mut *tx)
-            .await?;
-        let (mut previous, mut after_sequence) = (ledger::chain::GENESIS, 0);
-        loop {
-            let rows: Vec<EntryRow> = sqlx::query_as(concat!(
-                "SELECT ",
-                entry_columns!(),
-                " FROM history_entry WHERE offering_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
-            ))
-            .bind(offering_id)
-            .bind(after_sequence)
-            .bind(super::BACKFILL_PAGE_ENTRIES)
-            .fetch_all(&mut *tx)
-            .await?;
-            let Some(last) = rows.last() else { break };
-            after_sequence = last.sequence();
-            let mut entries = rows
-                .into_iter()
-                .map(|row| row.into_entry().map(|(entry, _)| entry))
-                .collect::<Result<Vec<_>, _>>()?;
-            previous = ledger::chain::link_all(previous, &mut entries);
-            sqlx::query(
-                "UPDATE history_entry AS h SET entry_hash = v.entry_hash \
-                 FROM UNNEST($2::bigint[], $3::bytea[]) AS v (sequence, entry_hash) \
-                 WHERE h.offering_id = $1 AND h.sequence = v.sequence",
-            )
-            .bind(offering_id)
-            .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
-            .bind(
-                entries
-                    .iter()
-                    .map(|e| e.entry_hash.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("ALTER TABLE history_entry ENABLE TRIGGER history_entry_no_update_delete")
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("UPDATE offering_head SET last_hash = $2 WHERE offering_id = $1")
-            .bind(offering_id)
-            .bind(previous.as_slice())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Lock order: the head row first, always (the only row lock any transaction takes
-    /// explicitly; position rows are only written while it is held).
-    async fn lock_head(
-        &self,
-        connection: &mut PgConnection,
-        offering_id: &str,
-    ) -> Result<Option<Offering>, StoreError> {
-        let row: Option<HeadRow> = self
-            .bounded(
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    head_columns!(),
-                    " FROM offering_head WHERE offering_id = $1 FOR UPDATE"
-                ))
-                .bind(offering_id)
-                .fetch_optional(connection),
-            )
-            .await?;
-        row.map(Offering::try_from).transpose()
-    }
-
-    /// Locks the heads of every offering in `work`, in offering_id order (the one lock order
-    /// every transaction follows, so two replicas batching overlapping offerings cannot deadlock).
-    ///
-    /// Also returns the database's clock, read after the last lock was granted (the outer
-    /// SELECT evaluates clock_timestamp() only once the locked rows come up): windows are judged
-    /// by one clock for every replica, and after any wait for the lock.
-    async fn lock_heads(
-        &self,
-        connection: &mut PgConnection,
-        work: &[OfferingRequests],
-    ) -> Result<(Vec<Offering>, Option<Timestamp>), StoreError> {
-        let offering_ids: Vec<&str> = work.iter().map(|w| &*w.offering_id).collect();
-        let rows: Vec<LockedHeadRow> = self
-            .bounded(
-                sqlx::query_as(concat!(
-                    "WITH locked AS (SELECT ",
-                    head_columns!(),
-                    " FROM offering_head WHERE offering_id = ANY($1) ORDER BY offering_id FOR UPDATE) \
-                     SELECT locked.*, clock_timestamp() AS db_now FROM locked"
-                ))
-                .bind(&offering_ids)
-                .fetch_all(connection),
-            )
-            .await?;
-        for row in &rows {
-            row.head.require_chained()?;
-        }
-        let now = rows.iter().map(|row| row.db_now).max();
-        let heads = into_offerings(rows.into_iter().map(|row| row.head).collect())?;
-        Ok((heads, now.map(|now| now.trunc_subsecs(6))))
-    }
-
-    /// The positions of the investors named (every position of the offerings whose requests
-    /// read them all), read after the heads are locked so they are current.
-    async fn load_positions(
-        &self,
-        connection: &mut PgConnection,
-        work: &[OfferingRequests],
-    ) -> Result<Vec<Position>, StoreError> {
-        let (mut offering_ids, mut investor_ids, mut whole) = (Vec::new(), Vec::new(), Vec::new());
-        for item in work {
-            if item.reads_all_positions() {
-                whole.push(&*item.offering_id);
-                continue;
-            }
-            for investor_id in item.requests.iter().filter_map(|r| r.command.investor_id()) {
-                offering_ids.push(&*item.offering_id);
-                investor_ids.push(investor_id);
-            }
-        }
-        if investor_ids.is_empty() && whole.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Two index lookups, not one query with OR: "IN (...) OR offering_id = ANY(...)" is
-        // planned as a scan of the whole table (4 ms a batch at 44,000 positions).
-        let rows: Vec<PositionRow> = self
-            .bounded(
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    position_columns!(),
-                    " FROM investor_position WHERE (offering_id, investor_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) \
-                     UNION ALL SELECT ",
-                    position_columns!(),
-                    " FROM investor_position WHERE offering_id = ANY($3)"
-                ))
-                .bind(&offering_ids)
-                .bind(&investor_ids)
-                .bind(&whole)
-                .fetch_all(connection),
-            )
-            .await?;
-        Ok(rows.into_iter().map(Position::from).collect())
-    }
-
-    /// The entries already recorded under the request_ids of `work`.
-    async fn load_recorded(
-        &self,
-        connection: &mut PgConnection,
-        work: &[OfferingRequests],
-    ) -> Result<Vec<Entry>, StoreError> {
-        let (mut offering_ids, mut request_ids) = (Vec::new(), Vec::new());
-        for item in work {
-            for request in &item.requests {
-                offering_ids.push(&*item.offering_id);
-                request_ids.push(request.request_id.as_str());
-            }
-        }
-        let rows: Vec<EntryRow> = self
-            .bounded(
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    entry_columns!(),
-                    " FROM history_entry WHERE (offering_id, request_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[]))"
-                ))
-                .bind(&offering_ids)
-                .bind(&request_ids)
-                .fetch_all(connection),
-            )
-            .await?;
-        into_entries(rows)
-    }
-
-    /// One attempt at `apply`, on a connection of its own. With `known_new` the request_ids are
-    /// taken to be new (true but for retries) and not looked up; the attempt is then abandoned
-    /// (None) if the history insert found one recorded after all, or if a rule refused a
-    /// request: a refusal may be a replay in disguise (a retried Subscribe after the offering
-    /// sold out).
-    async fn apply_attempt(
-        &self,
-        work: &[OfferingRequests],
-        known_new: bool,
-    ) -> Result<Option<Results>, StoreError> {
-        let mut connection = self.acquire().await?;
-        let result = self.apply_on(&mut connection, work, known_new).await;
-        self.settle(connection, &result);
-        result
-    }
-
-    async fn apply_on(
-        &self,
-        connection: &mut PgConnection,
-        work: &[OfferingRequests],
-        known_new: bool,
-    ) -> Result<Option<Results>, StoreError> {
-        let mut tx = self.bounded(connection.begin_with(BEGIN_APPLY)).await?;
-        let (heads, now) = self.lock_heads(&mut tx, work).await?;
-        let positions = self.load_positions(&mut tx, work).await?;
-        let recorded = if known_new {
-            Vec::new()
-        } else {
-            self.load_recorded(&mut tx, work).await?
-        };
-        let now = now.unwrap_or_else(super::now);
-        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, now);
-        let refused = |r: &Result<Applied, Rejection>| matches!(r, Err(e) if !matches!(e, Rejection::OfferingNotFound { .. }));
-        if known_new && results.iter().flatten().any(refused) {
-            self.bounded(tx.rollback()).await?;
-            return Ok(None);
-        }
-        if writes.is_empty() {
-            self.bounded(tx.rollback()).await?;
-            return Ok(Some(results));
-        }
-        let appended = self.write(&mut tx, &writes).await?;
-        if appended != writes.iter().map(|w| w.entries.len()).sum::<usize>() {
-            debug_assert!(known_new, "request_ids were checked under the lock");
-            self.bounded(tx.rollback()).await?;
-            return Ok(None);
-        }
-        self.commit(tx.commit()).await?;
-        // Local watchers also hear the NOTIFY; this saves them the round trip through the database.
-        for written in &writes {
-            let change = Change::Committed {
-                offering_id: written.head.offering_id.as_str().into(),
-                version: written.head.version,
-            };
-            let _ = self.changes.send(change);
-        }
-        Ok(Some(results))
-    }
-
     /// COMMIT under the statement deadline. A failure other than PostgreSQL refusing the
     /// transaction leaves its outcome unknown: the server may have committed (it may even have
     /// committed locally and then been shut down while waiting for its synchronous standby).
@@ -581,183 +285,6 @@ impl PgStore {
             }
             Err(StoreError::Unavailable(error)) => Err(StoreError::CommitOutcomeUnknown(error)),
             Err(other) => Err(other),
-        }
-    }
-
-    /// Appends the entries, upserts the positions and updates the heads of every offering that
-    /// changed, in one statement; each head update NOTIFYs watchers at commit. Entries whose
-    /// request_id is already recorded are skipped; returns how many were appended.
-    async fn write(
-        &self,
-        connection: &mut PgConnection,
-        writes: &[BatchWrites],
-    ) -> Result<usize, StoreError> {
-        let entries: Vec<&Entry> = writes.iter().flat_map(|w| &w.entries).collect();
-        let positions: Vec<&Position> = writes.iter().flat_map(|w| &w.positions).collect();
-        let heads: Vec<&Offering> = writes.iter().map(|w| &w.head).collect();
-        fn terms(e: &Entry, before: bool) -> Option<&ledger::Terms> {
-            if before {
-                e.terms_before.as_ref()
-            } else {
-                e.terms_after.as_ref()
-            }
-        }
-        let names = |before| {
-            entries
-                .iter()
-                .map(|e| terms(e, before).map(|t| t.name.as_str()))
-                .collect::<Vec<_>>()
-        };
-        let caps = |before| {
-            entries
-                .iter()
-                .map(|e| terms(e, before).map(|t| t.max_units))
-                .collect::<Vec<_>>()
-        };
-        let investor_caps = |before| {
-            entries
-                .iter()
-                .map(|e| terms(e, before).map(|t| t.max_units_per_investor))
-                .collect::<Vec<_>>()
-        };
-        let closes = |before| {
-            entries
-                .iter()
-                .map(|e| terms(e, before).and_then(|t| t.close_time))
-                .collect::<Vec<_>>()
-        };
-        let appended = sqlx::query_scalar::<_, i64>(concat!(
-            "WITH appended AS ( \
-                INSERT INTO history_entry (",
-            entry_columns!(),
-            ") SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::smallint[], $4::text[], $5::bigint[], $6::bigint[], \
-                    $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::timestamptz[], $12::text[], \
-                    $13::bigint[], $14::bigint[], $15::bigint[], $16::text[], $17::bigint[], $18::bigint[], \
-                    $19::timestamptz[], $20::text[], $21::bigint[], $22::bigint[], $23::timestamptz[], $24::bytea[]) \
-                ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
-             ), positions AS ( \
-                INSERT INTO investor_position (",
-            position_columns!(),
-            ") SELECT * FROM UNNEST($25::text[], $26::text[], $27::bigint[], $28::timestamptz[], $29::bigint[], $30::bigint[]) \
-                ON CONFLICT (offering_id, investor_id) DO UPDATE SET units = EXCLUDED.units, \
-                    update_time = EXCLUDED.update_time, demanded_units = EXCLUDED.demanded_units \
-             ) \
-             UPDATE offering_head AS h SET subscribed_units = v.subscribed_units, investor_count = v.investor_count, \
-                status = v.status, version = v.version, update_time = v.update_time, demanded_units = v.demanded_units, \
-                name = v.name, max_units = v.max_units, max_units_per_investor = v.max_units_per_investor, \
-                close_time = v.close_time, last_hash = v.last_hash \
-             FROM UNNEST($31::text[], $32::bigint[], $33::bigint[], $34::smallint[], $35::bigint[], $36::timestamptz[], \
-                $37::bigint[], $38::text[], $39::bigint[], $40::bigint[], $41::timestamptz[], $42::bytea[]) \
-                AS v (offering_id, subscribed_units, investor_count, status, version, update_time, demanded_units, \
-                    name, max_units, max_units_per_investor, close_time, last_hash) \
-             WHERE h.offering_id = v.offering_id \
-             RETURNING (SELECT count(*) FROM appended), pg_notify($43, v.version::text || ':' || v.offering_id)"
-        ))
-        .bind(entries.iter().map(|e| e.offering_id.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.kind as i16).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.investor_id.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.units_delta).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.investor_units_after).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.offering_units_after).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.request_id.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.requested_units).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.expected_version).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.record_time).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.demand_delta).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.investor_demand_after).collect::<Vec<_>>())
-        .bind(entries.iter().map(|e| e.offering_demand_after).collect::<Vec<_>>())
-        .bind(names(true))
-        .bind(caps(true))
-        .bind(investor_caps(true))
-        .bind(closes(true))
-        .bind(names(false))
-        .bind(caps(false))
-        .bind(investor_caps(false))
-        .bind(closes(false))
-        .bind(entries.iter().map(|e| e.entry_hash.as_slice()).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.offering_id.as_str()).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.investor_id.as_str()).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.units).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.update_time).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.demanded_units).collect::<Vec<_>>())
-        .bind(positions.iter().map(|p| p.first_sequence).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.offering_id.as_str()).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.subscribed_units).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.investor_count).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.status as i16).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.version).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.update_time).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.demanded_units).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.name.as_str()).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.max_units).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.max_units_per_investor).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.close_time).collect::<Vec<_>>())
-        .bind(heads.iter().map(|h| h.last_hash.as_slice()).collect::<Vec<_>>())
-        .bind(CHANGE_CHANNEL)
-        .fetch_all(connection);
-        let appended = self.bounded(appended).await?;
-        Ok(appended.first().copied().unwrap_or(0) as usize)
-    }
-}
-
-impl PgStore {
-    /// One attempt at `create_offering`, on `connection`.
-    async fn create_on(
-        &self,
-        connection: &mut PgConnection,
-        new: &NewOffering,
-        (head, entry): (&Offering, &Entry),
-    ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
-        let mut tx = self.bounded(connection.begin()).await?;
-        // ON CONFLICT DO NOTHING waits for a concurrent creator of the same id to finish, so the
-        // loser then sees the winner's committed rows.
-        let inserted = sqlx::query(concat!(
-            "WITH head AS ( \
-                INSERT INTO offering_head (",
-            head_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
-                ON CONFLICT (offering_id) DO NOTHING RETURNING 1 \
-             ) \
-             INSERT INTO history_entry (",
-            entry_columns!(),
-            ") SELECT $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, \
-                $37, $38, $39, $40, $41, $42 FROM head"
-        ));
-        let inserted = self
-            .bounded(bind_entry(bind_head(inserted, head), entry).execute(&mut *tx))
-            .await?
-            .rows_affected();
-        if inserted == 1 {
-            self.commit(tx.commit()).await?;
-            let _ = self.changes.send(Change::Committed {
-                offering_id: head.offering_id.as_str().into(),
-                version: 1,
-            });
-            return Ok(Ok(CreateOutcome::Created(head.clone())));
-        }
-        let existing = self.lock_head(&mut tx, &new.offering_id).await?;
-        let created_by: Option<EntryRow> = self
-            .bounded(
-                sqlx::query_as(concat!(
-                    "SELECT ",
-                    entry_columns!(),
-                    " FROM history_entry WHERE offering_id = $1 AND sequence = 1"
-                ))
-                .bind(&new.offering_id)
-                .fetch_optional(&mut *tx),
-            )
-            .await?;
-        self.bounded(tx.rollback()).await?;
-        match (existing, created_by) {
-            (Some(existing), Some(created_by)) => {
-                Ok(check_create(new, existing, &created_by.try_into()?))
-            }
-            _ => Err(StoreError::Corrupt(format!(
-                "offering {:?} has a head but no creation entry",
-                new.offering_id
-            ))),
         }
     }
 
@@ -845,7 +372,7 @@ impl Store for PgStore {
         new: &NewOffering,
         deadline: Instant,
     ) -> Result<Result<CreateOutcome, Rejection>, StoreError> {
-        let (head, entry) = new.first_rows(super::now());
+        let (head, entry) = new.first_rows(crate::store::now());
         self.through_failover(deadline, |_| async {
             let mut connection = self.acquire().await?;
             let result = self.create_on(&mut connection, new, (&head, &entry)).await;
@@ -997,7 +524,7 @@ fn session_options(primary: &Primary) -> sqlx::postgres::PgConnectOptions {
         // Custom plans by default: a generic plan is made once per connection from the statistics
         // of that moment, and one made while history_entry was small scans it in full forever
         // after (seen as throughput falling with history size). The ledger's own transactions
-        // trade this for generic plans without sequential scans (BEGIN_APPLY).
+        // trade this for generic plans without sequential scans (`apply::BEGIN_APPLY`).
         ("plan_cache_mode", "force_custom_plan"),
         // A head lock held this long means a stuck session: answer UNAVAILABLE (retry with
         // the same request_id) rather than hold every caller batched with it.
@@ -1020,122 +547,9 @@ fn lost_primary(error: &StoreError) -> bool {
 /// statement_timeout, too many connections): the connection and the host are fine.
 fn refused_transaction(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| super::is_refusal_of_one_transaction(&code) || code == "53300"),
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            crate::store::is_refusal_of_one_transaction(&code) || code == "53300"
+        }),
         _ => false,
     }
-}
-
-/// Turns NOTIFYs from every replica into [`Change`]s while anyone follows them, on a connection
-/// of its own to the primary (not one of the pool's, which it would hold forever), reconnecting
-/// until the store is dropped (`stop`), and whenever the primary changes or comes back (its
-/// old connection may hang silently in a partition). With no follower it holds no connection:
-/// every replica's commit would otherwise wake a backend to send this process a notification
-/// nobody reads.
-async fn forward_notifications(
-    primary: Arc<Primary>,
-    changes: broadcast::WeakSender<Change>,
-    mut followers: watch::Receiver<usize>,
-    stop: CancellationToken,
-) {
-    let mut fences = primary.fences();
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            followed = async { followers.wait_for(|n| *n > 0).await.is_ok() } => {
-                if !followed { return }
-            }
-        }
-        // NOTIFYs are delivered by the primary only.
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = async { while !primary.wait_writable(Instant::now() + LISTENER_RETRY).await {} } => {}
-        }
-        fences.mark_unchanged();
-        let error = tokio::select! {
-            () = stop.cancelled() => return,
-            error = listen(session_options(&primary), &changes) => error,
-            // Dropping the listener closes its connection; the next follower listens anew.
-            () = unfollowed(&mut followers) => continue,
-            _ = fences.changed() => {
-                tracing::info!(host = primary.current_label(), "change listener follows the primary; watchers re-read once it listens");
-                continue;
-            }
-        };
-        let Some(error) = error else { return };
-        tracing::warn!(%error, "change listener lost its connection; watchers re-read once it is back");
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(LISTENER_RETRY) => {}
-        }
-    }
-}
-
-/// Returns once nobody has followed the changes for LISTEN_LINGER.
-async fn unfollowed(followers: &mut watch::Receiver<usize>) {
-    loop {
-        if followers.wait_for(|n| *n == 0).await.is_err() {
-            // The store is gone; `stop` ends the listener.
-            return std::future::pending().await;
-        }
-        let followed_again = async { followers.wait_for(|n| *n > 0).await.is_ok() };
-        if tokio::time::timeout(LISTEN_LINGER, followed_again)
-            .await
-            .is_err()
-        {
-            return;
-        }
-    }
-}
-
-/// Returns when the listener's connection fails, or None once the store is gone.
-async fn listen(
-    options: sqlx::postgres::PgConnectOptions,
-    changes: &broadcast::WeakSender<Change>,
-) -> Option<sqlx::Error> {
-    // A pool of one for the listener alone.
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options);
-    let mut listener = match PgListener::connect_with(&pool).await {
-        Ok(listener) => listener,
-        Err(error) => return Some(error),
-    };
-    if let Err(error) = listener.listen(CHANGE_CHANNEL).await {
-        return Some(error);
-    }
-    // Listening (again): whatever committed before, or while the connection was lost, was never
-    // announced. Sent only now that LISTEN is in place, so a re-read from here misses nothing.
-    changes.upgrade()?.send(Change::Missed).ok();
-    loop {
-        // try_recv, not recv: recv reconnects by itself and the notifications lost on the way
-        // would go unnoticed. None means the connection closed; sqlx would reconnect on the next
-        // call, but Missed must wait until LISTEN is in place again (a re-read sent before then
-        // could meet the same outage and fail the watchers' streams), so the caller reconnects
-        // and says Missed once it listens.
-        let change = match listener.try_recv().await {
-            Ok(Some(notification)) => match parse_notification(notification.payload()) {
-                Some(change) => change,
-                None => continue,
-            },
-            Ok(None) => {
-                return Some(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionAborted,
-                    "the LISTEN connection closed",
-                )));
-            }
-            Err(error) => return Some(error),
-        };
-        changes.upgrade()?.send(change).ok();
-    }
-}
-
-/// "version:offering_id", as the write sends it; None for anything else on the channel.
-fn parse_notification(payload: &str) -> Option<Change> {
-    let (version, offering_id) = payload.split_once(':')?;
-    Some(Change::Committed {
-        offering_id: Arc::from(offering_id),
-        version: version.parse().ok()?,
-    })
 }

@@ -1,0 +1,107 @@
+//! Migrating a PostgreSQL database: sqlx's migrations, then the hash chain computed for history
+//! recorded before it (migration 0004), one offering at a time under its head lock.
+
+use super::PgStore;
+use crate::ledger;
+use crate::store::StoreError;
+use crate::store::rows::{EntryRow, entry_columns};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+impl PgStore {
+    /// Applies pending migrations, then hashes the history of every offering recorded before
+    /// the hash chain, so that no entry is left unhashed once a server serves. Safe when several
+    /// replicas start at once: sqlx takes an advisory lock around the migrations, and each
+    /// offering is backfilled under its head lock by whichever replica gets it first.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        let unchained: Vec<String> = sqlx::query_scalar(
+            "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for offering_id in &unchained {
+            self.backfill_chain(offering_id).await?;
+        }
+        if !unchained.is_empty() {
+            tracing::info!(
+                offerings = unchained.len(),
+                "hashed the history recorded before the hash chain"
+            );
+        }
+        Ok(())
+    }
+
+    /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,
+    /// read the entries in sequence order a page at a time, write each entry_hash, then the
+    /// head's last_hash.
+    ///
+    /// history_entry's append-only trigger refuses the UPDATE, so it is disabled and enabled
+    /// again inside this transaction. ALTER TABLE ... DISABLE TRIGGER is transactional DDL that
+    /// takes an ACCESS EXCLUSIVE lock on history_entry until COMMIT: no other session can read or
+    /// write the table meanwhile, so none ever sees the trigger disabled, and a failure anywhere
+    /// rolls the disabling back with the rest.
+    async fn backfill_chain(&self, offering_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // The head first, as every writer locks it (then history_entry): no lock-order deadlock.
+        let unchained: Option<bool> = sqlx::query_scalar(
+            "SELECT last_hash IS NULL FROM offering_head WHERE offering_id = $1 FOR UPDATE",
+        )
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unchained != Some(true) {
+            // Another replica backfilled it meanwhile.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        sqlx::query("ALTER TABLE history_entry DISABLE TRIGGER history_entry_no_update_delete")
+            .execute(&mut *tx)
+            .await?;
+        let (mut previous, mut after_sequence) = (ledger::chain::GENESIS, 0);
+        loop {
+            let rows: Vec<EntryRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                entry_columns!(),
+                " FROM history_entry WHERE offering_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3"
+            ))
+            .bind(offering_id)
+            .bind(after_sequence)
+            .bind(crate::store::BACKFILL_PAGE_ENTRIES)
+            .fetch_all(&mut *tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after_sequence = last.sequence();
+            let mut entries = rows
+                .into_iter()
+                .map(|row| row.into_entry().map(|(entry, _)| entry))
+                .collect::<Result<Vec<_>, _>>()?;
+            previous = ledger::chain::link_all(previous, &mut entries);
+            sqlx::query(
+                "UPDATE history_entry AS h SET entry_hash = v.entry_hash \
+                 FROM UNNEST($2::bigint[], $3::bytea[]) AS v (sequence, entry_hash) \
+                 WHERE h.offering_id = $1 AND h.sequence = v.sequence",
+            )
+            .bind(offering_id)
+            .bind(entries.iter().map(|e| e.sequence).collect::<Vec<_>>())
+            .bind(
+                entries
+                    .iter()
+                    .map(|e| e.entry_hash.as_slice())
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("ALTER TABLE history_entry ENABLE TRIGGER history_entry_no_update_delete")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE offering_head SET last_hash = $2 WHERE offering_id = $1")
+            .bind(offering_id)
+            .bind(previous.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The one statement that writes a batch: it appends the entries, upserts the positions and
+//! updates the heads of every offering the batch changed, each head with a NOTIFY. Its text is
+//! made once from the column lists (rows.rs), and its parameters are one array per column, as
+//! UNNEST takes them: a batch of any size is one round trip.
+
+use std::sync::LazyLock;
+
+use sqlx::Row;
+use sqlx::postgres::PgConnection;
+
+use super::PgStore;
+use super::changes::CHANGE_CHANNEL;
+use crate::ledger::BatchWrites;
+use crate::store::StoreError;
+use crate::store::columns::{
+    Params, Selection, assign_updated, match_keys, names, on_conflict_update,
+};
+use crate::store::rows::{EntryRow, HeadRow, PositionRow};
+
+/// Parameters: one array per column of the entries, of the positions, and of the heads' keys
+/// and updated columns (rows.rs), then the NOTIFY channel. An entry whose request_id is
+/// recorded already is skipped, and counted out of what the statement returns.
+static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    let mut params = Params::postgres();
+    let entry_arrays = params.arrays(EntryRow::COLUMNS, Selection::All);
+    let position_arrays = params.arrays(PositionRow::COLUMNS, Selection::All);
+    let head_arrays = params.arrays(HeadRow::COLUMNS, Selection::Rewritten);
+    let channel = params.next();
+    format!(
+        "WITH appended AS ( \
+            INSERT INTO history_entry ({entries}) SELECT * FROM UNNEST({entry_arrays}) \
+            ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
+         ), positions AS ( \
+            INSERT INTO investor_position ({positions}) SELECT * FROM UNNEST({position_arrays}) \
+            {position_upsert} \
+         ) \
+         UPDATE offering_head AS h SET {head_assignments} \
+         FROM UNNEST({head_arrays}) AS v ({head_names}) \
+         WHERE {head_keys} \
+         RETURNING (SELECT count(*) FROM appended), pg_notify({channel}, v.version::text || ':' || v.offering_id)",
+        entries = names(EntryRow::COLUMNS, Selection::All),
+        positions = names(PositionRow::COLUMNS, Selection::All),
+        position_upsert = on_conflict_update(PositionRow::COLUMNS),
+        head_assignments = assign_updated(HeadRow::COLUMNS, "v"),
+        head_names = names(HeadRow::COLUMNS, Selection::Rewritten),
+        head_keys = match_keys(HeadRow::COLUMNS, "h", "v"),
+    )
+});
+
+impl PgStore {
+    /// Appends the entries, upserts the positions and updates the heads of every offering that
+    /// changed, in one statement; each head update NOTIFYs watchers at commit. Entries whose
+    /// request_id is already recorded are skipped; returns how many were appended.
+    pub(super) async fn write(
+        &self,
+        connection: &mut PgConnection,
+        writes: &[BatchWrites],
+    ) -> Result<usize, StoreError> {
+        let entries = writes.iter().flat_map(|w| &w.entries).map(EntryRow::from);
+        let positions = writes
+            .iter()
+            .flat_map(|w| &w.positions)
+            .map(PositionRow::from);
+        let heads = writes.iter().map(|w| HeadRow::from(&w.head));
+        let query = sqlx::query(WRITE_BATCH.as_str());
+        let query = EntryRow::bind_arrays(entries.collect(), query, Selection::All);
+        let query = PositionRow::bind_arrays(positions.collect(), query, Selection::All);
+        let query = HeadRow::bind_arrays(heads.collect(), query, Selection::Rewritten);
+        let appended = query
+            .bind(CHANGE_CHANNEL)
+            .try_map(|row: sqlx::postgres::PgRow| row.try_get::<i64, _>(0))
+            .fetch_all(connection);
+        let appended = self.bounded(appended).await?;
+        Ok(appended.first().copied().unwrap_or(0) as usize)
+    }
+}
