@@ -9,7 +9,8 @@
 #  recheck-rc            (b) append, re-check, roll back if over: recheck.sql at READ COMMITTED
 #  recheck-serializable  (c) the same at SERIALIZABLE, retried by pgbench (--max-tries)
 #  conditional           (d) UPDATE head ... WHERE subscribed + n <= max, then append: conditional.sql
-#  redis-lock            (e) a Redis lock (SET NX PX, compare-and-delete): subledger bench-redis-lock
+#  redis-lock            (e) a Redis lock (SET NX PX, compare-and-delete): subledger-bench-redis-lock
+#                        (bench/redis-lock/, a binary of its own: the product links no Redis client)
 #  redis-lock-expiring   (e) the same with a lease shorter than an occasional slow transaction
 #  queue                 (f) subledger serve (group commit), 1 replica, loaded by subledger bench
 # (a)-(e) use the pg-anchor tables (../shared/bench/pg-anchor/schema.sql) as changed by
@@ -59,8 +60,9 @@ redis-cli -u "$redis_url" ping >/dev/null || { echo "strategies.sh: Redis does n
 [ -f "$anchor/schema.sql" ] || { echo "strategies.sh: no pg-anchor at $anchor" >&2; exit 1; }
 
 profile_flag=--release; [ "$profile" = debug ] && profile_flag=
-cargo build $profile_flag --quiet --manifest-path "$root/Cargo.toml"
+cargo build $profile_flag --quiet --manifest-path "$root/Cargo.toml" -p subledger -p subledger-bench-redis-lock
 bin=$root/target/$profile/subledger
+redis_lock_bin=$root/target/$profile/subledger-bench-redis-lock
 work=$(mktemp -d)
 db_url=${pg_url%/*}/strategies_bench
 server_pid=
@@ -130,10 +132,10 @@ PY
   accepted=${accepted:-0} accepted_per_s=${accepted_per_s:-0} retries=${retries:-0} failed=${failed:-0}
 }
 
-# subledger bench-redis-lock with lease $1 ms, slow fraction $2, on $3 offerings, $4 clients, $5 s, units 1..$6.
+# subledger-bench-redis-lock with lease $1 ms, slow fraction $2, on $3 offerings, $4 clients, $5 s, units 1..$6.
 run_redis_lock() {
   local line
-  line=$("$bin" bench-redis-lock --database-url "$db_url" --redis-url "$redis_url" --lock-ttl-ms "$1" \
+  line=$("$redis_lock_bin" --database-url "$db_url" --redis-url "$redis_url" --lock-ttl-ms "$1" \
     --slow-fraction "$2" --slow-ms "$slow_ms" --offerings "$3" --concurrency "$4" --duration "$5" --units-max "$6")
   echo "  $line" >&2
   field() { sed -E "s/.* $1=([^ ]+).*/\1/" <<<"$line"; }

@@ -1,5 +1,5 @@
 //! Command line: `subledger serve`, `subledger migrate`, `subledger verify`, `subledger export`,
-//! `subledger bench`, `subledger token`, `subledger bench-redis-lock`. Flags fall back to
+//! `subledger bench` (the subledger-bench crate), `subledger token`. Flags fall back to
 //! environment variables.
 //!
 //! Exit status: 0 done; 1 `verify` checked and found a problem; 2 the command could not do what
@@ -58,12 +58,10 @@ enum Command {
     /// `subledger verify --export` on another machine.
     Export(ExportArgs),
     /// Load a running server (or several replicas) and report throughput and latency.
-    Bench(crate::bench::BenchArgs),
+    Bench(subledger_bench::BenchArgs),
     /// Bearer tokens for the auth file.
     #[command(subcommand)]
     Token(TokenCommand),
-    /// Strategy (e) of bench/strategies.sh: Subscribes under a Redis lock, straight to PostgreSQL.
-    BenchRedisLock(crate::bench::redis_lock::RedisLockArgs),
 }
 
 #[derive(Subcommand)]
@@ -127,7 +125,7 @@ struct ServeArgs {
     handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (10s, 500ms, 2m; bare = seconds).
     /// Live clients answer the PINGs the server sends after a third of it.
-    #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = subledger_client::duration::parse)]
     idle_timeout: Duration,
     /// WatchHistory streams open at once on this process.
     #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = 1_000)]
@@ -198,7 +196,7 @@ struct DatabaseArgs {
     /// PostgreSQL: a statement with no answer for this long is abandoned and its connection
     /// closed, and the primary looked for again (a partition sends no error). Keep it above
     /// lock_timeout (10s) and a synchronous commit's wait.
-    #[arg(long, env = "SUBLEDGER_DB_IO_TIMEOUT", default_value = "15s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "SUBLEDGER_DB_IO_TIMEOUT", default_value = "15s", value_parser = subledger_client::duration::parse)]
     db_io_timeout: Duration,
 }
 
@@ -298,11 +296,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let done = ExitCode::SUCCESS;
     match command {
         Command::Serve(args) => serve(args).await.map(|()| done),
-        Command::Bench(args) => crate::bench::run(args).await.map(|()| done),
+        Command::Bench(args) => subledger_bench::run(args).await.map(|()| done),
         Command::Token(TokenCommand::New { name, roles }) => {
             print_new_token(&name, &roles).map(|()| done)
         }
-        Command::BenchRedisLock(args) => crate::bench::redis_lock::run(args).await.map(|()| done),
         Command::Migrate(args) => migrate(args).await.map(|()| done),
         Command::Verify(args) => verify(args).await,
         Command::Export(args) => export(args).await.map(|()| done),
@@ -629,4 +626,25 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested: finishing calls in flight");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    /// What crates that cannot depend on the server (it depends on them) repeat of it.
+    #[test]
+    fn the_bench_and_the_proto_crate_repeat_the_servers_constants() {
+        assert_eq!(
+            subledger_bench::SERVER_UNITS_MAX,
+            crate::ledger::limits::UNITS_MAX
+        );
+        assert_eq!(
+            subledger_bench::watch::COMMIT_OFFERINGS,
+            crate::telemetry::metrics::COMMIT_OFFERINGS
+        );
+        assert_eq!(
+            subledger_bench::watch::WATCH_READS,
+            crate::telemetry::metrics::WATCH_READS
+        );
+        assert_eq!(crate::proto::ERROR_DOMAIN, crate::api::error::ERROR_DOMAIN);
+    }
 }

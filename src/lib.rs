@@ -8,14 +8,14 @@
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
 //!
-//! [`cli`] and [`server`] wire them together, [`bench`] loads a running server, [`audit`] verifies
-//! a database or an export offline; `main.rs` only calls [`cli::run`].
+//! [`cli`] and [`server`] wire them together, [`audit`] verifies a database or an export
+//! offline; `main.rs` only calls [`cli::run`]. Beside this crate in the workspace:
+//! crates/subledger-proto (the generated code [`proto`] re-exports), crates/subledger-client
+//! (the typed client), crates/subledger-bench (`subledger bench`).
 
 pub mod api;
 pub mod audit;
-pub mod bench;
 pub mod cli;
-pub mod duration;
 pub mod group_commit;
 pub mod ledger;
 pub mod proto;

@@ -1,10 +1,10 @@
-//! Code generated from proto/subledger/v1/subledger.proto by build.rs.
+//! The gRPC contract: the generated types and stubs of crates/subledger-proto (one codegen,
+//! shared with subledger-client), re-exported so the server and its tests name them
+//! `subledger::proto`, plus what only the server serves.
 
-tonic::include_proto!("subledger.v1");
+pub use subledger_proto::*;
 
-/// The encoded descriptors of subledger.proto and its imports, served by reflection.
+/// The encoded descriptors of subledger.proto and its imports, and of google.rpc's error
+/// details, served by reflection (made by the top-level build.rs).
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/subledger_descriptor.bin"));
-
-/// The fully qualified service name, as health checks name it.
-pub const SERVICE_NAME: &str = "subledger.v1.SubscriptionLedger";

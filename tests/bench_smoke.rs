@@ -1,19 +1,46 @@
-//! A few seconds of `subledger bench` per scenario against a real server: it runs, reports JSON,
-//! and its closing VerifyOffering passes. A smoke test of the tool, not a timing.
+//! A few seconds of `subledger bench` per scenario against real servers: it runs, reports JSON,
+//! and its closing VerifyOffering passes; what it left on the servers is then read back through
+//! subledger-client, as a user would. A smoke test of the tool, not a timing.
 
 mod common;
 
 use common::TestDb;
+use subledger_client::{Ledger, proto};
+
+/// Every offering on the server, through the client.
+async fn all_offerings(ledger: &Ledger) -> Vec<proto::Offering> {
+    let mut offerings = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = ledger
+            .list_offerings(proto::ListOfferingsRequest {
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("ListOfferings");
+        offerings.extend(page.offerings);
+        if page.next_page_token.is_empty() {
+            return offerings;
+        }
+        page_token = page.next_page_token;
+    }
+}
 
 async fn bench_scenarios_run_and_verify(db: TestDb) {
-    let server = db.start_server().await;
-    let target = format!("http://{}", server.address);
+    let replicas = [db.start_server().await, db.start_server().await];
+    let [first, second] = replicas.each_ref().map(|r| format!("http://{}", r.address));
     for scenario in ["hot", "spread", "mixed", "sellout", "watch"] {
         let watchers = if scenario == "watch" { "50" } else { "0" };
+        // Two replicas as one comma-separated --target, or as two, or one replica alone.
+        let both = format!("{first},{second}");
+        let targets = match scenario {
+            "hot" => vec!["--target", &both],
+            "spread" => vec!["--target", &first, "--target", &second],
+            _ => vec!["--target", &first],
+        };
         let args = [
             "bench",
-            "--target",
-            &target,
             "--scenario",
             scenario,
             "--concurrency",
@@ -30,6 +57,7 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
         ];
         let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
             .args(args)
+            .args(&targets)
             .output()
             .await
             .unwrap();
@@ -41,6 +69,12 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
         );
         let report: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON report");
         assert_eq!(report["calls"], 400, "{report}");
+        let expected_targets = targets.len() / 2 + usize::from(scenario == "hot");
+        assert_eq!(
+            report["targets"].as_array().unwrap().len(),
+            expected_targets,
+            "{report}"
+        );
         assert_eq!(report["verify_failures"].as_array().unwrap().len(), 0);
         let codes = report["codes"].as_object().unwrap();
         match scenario {
@@ -77,6 +111,36 @@ async fn bench_scenarios_run_and_verify(db: TestDb) {
             ),
         }
     }
+    // Read back through the client what the runs left: one hot, 20 spread, 20 mixed, one
+    // sellout and 20 watch offerings, the sellout one sold exactly to its cap, the watch ones
+    // finalized, and the hot one holding the 400 calls' entries after its creation.
+    let ledger = Ledger::builder([second]).build().unwrap();
+    let offerings = all_offerings(&ledger).await;
+    let named = |scenario: &str| -> Vec<&proto::Offering> {
+        offerings
+            .iter()
+            .filter(|o| o.name.starts_with(&format!("bench {scenario} ")))
+            .collect()
+    };
+    assert_eq!(
+        [
+            named("Hot").len(),
+            named("Spread").len(),
+            named("Mixed").len(),
+            named("Sellout").len(),
+            named("Watch").len(),
+        ],
+        [1, 20, 20, 1, 20]
+    );
+    let sellout = named("Sellout")[0];
+    assert_eq!((sellout.subscribed_units, sellout.max_units), (150, 150));
+    assert!(
+        named("Watch")
+            .iter()
+            .all(|o| o.status() == proto::OfferingStatus::Finalized)
+    );
+    let hot = named("Hot")[0];
+    assert_eq!(ledger.history(&hot.offering_id).await.unwrap().len(), 401);
 }
 
 backend_tests!(bench_scenarios_run_and_verify);
@@ -122,6 +186,24 @@ async fn bench_runs_over_mutual_tls_with_a_token() {
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["codes"]["Ok"], 200, "{report}");
+    // The same credentials through the client: the calls were recorded as the token's principal.
+    let read = |name: &str| std::fs::read(path(name)).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read("ca.pem")))
+        .identity(tonic::transport::Identity::from_pem(
+            read("client.pem"),
+            read("client.key"),
+        ));
+    let ledger = Ledger::builder([target.clone()])
+        .tls(tls)
+        .bearer_token(token.clone())
+        .build()
+        .unwrap();
+    let offerings = all_offerings(&ledger).await;
+    assert_eq!(offerings.len(), 1);
+    let history = ledger.history(&offerings[0].offering_id).await.unwrap();
+    assert_eq!(history.len(), 201);
+    assert!(history.iter().all(|entry| entry.actor == "bench"));
     // Without the token the same certificate names no principal.
     let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_subledger"))
         .args([

@@ -1,28 +1,38 @@
 //! The point of the product: several replicas (servers with their own pools) on one database,
 //! hundreds of concurrent calls, and the invariants checked from the history afterwards.
+//!
+//! The calls go through subledger-client, one handle over the three replicas (round-robin), as
+//! a service would make them; the invariants are read back with the raw stubs of tests/common.
 
 mod common;
 
 use std::collections::HashMap;
 
 use common::{Client, TestDb, TestServer, assert_ledger_consistent, cancel, offering, subscribe};
-use subledger::proto::{self, EntryKind};
+use subledger::proto::EntryKind;
+use subledger_client::{Error, Ledger, proto};
 use tonic::Code;
 use tonic_types::StatusExt;
 
 const REPLICAS: usize = 3;
 
-async fn start_replicas(db: &TestDb) -> (Vec<TestServer>, Vec<Client>) {
+/// The replicas, and one client handle that spreads calls over them.
+async fn start_replicas(db: &TestDb) -> (Vec<TestServer>, Ledger) {
     let mut servers = Vec::new();
-    let mut clients = Vec::new();
     for _ in 0..REPLICAS {
-        let server = db.start_server().await;
-        clients.push(server.client().await);
-        servers.push(server);
+        servers.push(db.start_server().await);
     }
-    (servers, clients)
+    let endpoints = servers.iter().map(|s| format!("http://{}", s.address));
+    let ledger = Ledger::builder(endpoints).build().expect("client");
+    (servers, ledger)
 }
 
+/// A raw stub on one replica, for the checks of tests/common.
+async fn raw(servers: &[TestServer], replica: usize) -> Client {
+    servers[replica].client().await
+}
+
+/// The ErrorInfo reason of a raw status.
 fn reason(status: &tonic::Status) -> String {
     status
         .get_error_details()
@@ -36,9 +46,8 @@ async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
     const INVESTORS: usize = 80;
     const MAX_UNITS: i64 = 1000;
     const MAX_PER_INVESTOR: i64 = 20;
-    let (_servers, clients) = start_replicas(&db).await;
-    clients[0]
-        .clone()
+    let (servers, ledger) = start_replicas(&db).await;
+    ledger
         .create_offering(offering("hot", MAX_UNITS, MAX_PER_INVESTOR))
         .await
         .unwrap();
@@ -46,11 +55,11 @@ async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
     // Demand is about 2,200 units against a cap of 1,000, and about 27 per investor against 20:
     // both caps refuse calls while many others are in flight.
     let calls = (0..CALLS).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
+        let ledger = ledger.clone();
         let investor = format!("investor-{}", k % INVESTORS);
         let units = 1 + (k as i64 * 7) % 10;
         tokio::spawn(async move {
-            let result = client
+            let result = ledger
                 .subscribe(subscribe("hot", &investor, units, &format!("req-{k}")))
                 .await;
             (investor, units, result)
@@ -58,53 +67,39 @@ async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
     });
     let mut accepted_units = 0;
     let mut accepted_by_investor: HashMap<String, i64> = HashMap::new();
-    let mut refusals: HashMap<String, usize> = HashMap::new();
+    let mut offering_cap_refusals = 0;
+    let mut investor_cap_refusals = 0;
     for call in futures::future::join_all(calls).await {
         let (investor, units, result) = call.unwrap();
         match result {
             Ok(reply) => {
-                assert!(!reply.get_ref().replayed);
+                assert!(!reply.replayed);
                 accepted_units += units;
                 *accepted_by_investor.entry(investor).or_default() += units;
             }
-            Err(status) => {
-                assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
-                *refusals.entry(reason(&status)).or_default() += 1;
+            Err(Error::OfferingCapExceeded { requested, .. }) => {
+                assert_eq!(requested, units);
+                offering_cap_refusals += 1;
             }
+            Err(Error::InvestorCapExceeded { would_hold, .. }) => {
+                assert!(would_hold > MAX_PER_INVESTOR);
+                investor_cap_refusals += 1;
+            }
+            Err(other) => panic!("{other:?}"),
         }
     }
-    for reason in refusals.keys() {
-        assert!(
-            matches!(
-                reason.as_str(),
-                "OFFERING_CAP_EXCEEDED" | "INVESTOR_CAP_EXCEEDED"
-            ),
-            "{reason}"
-        );
-    }
-    eprintln!("accepted {accepted_units} units; refusals {refusals:?}");
+    eprintln!(
+        "accepted {accepted_units} units; refused {offering_cap_refusals} over the offering cap, \
+         {investor_cap_refusals} over the investor cap"
+    );
 
-    let mut client = clients[1].clone();
-    let head = client
-        .get_offering(proto::GetOfferingRequest {
-            offering_id: "hot".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let head = ledger.get_offering("hot").await.unwrap();
     assert!(head.subscribed_units <= MAX_UNITS);
     assert_eq!(head.subscribed_units, accepted_units);
     let mut positions_total = 0;
     for i in 0..INVESTORS {
         let investor = format!("investor-{i}");
-        let position = client
-            .get_position(proto::GetPositionRequest {
-                offering_id: "hot".into(),
-                investor_id: investor.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let position = ledger.get_position("hot", &investor).await.unwrap();
         assert!(position.units <= MAX_PER_INVESTOR);
         assert_eq!(
             position.units,
@@ -113,12 +108,15 @@ async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
         positions_total += position.units;
     }
     assert_eq!(positions_total, accepted_units);
-    let entries = assert_ledger_consistent(&mut client, "hot").await;
+    let entries = assert_ledger_consistent(&mut raw(&servers, 1).await, "hot").await;
     let subscribed = entries
         .iter()
         .filter(|e| e.kind() == EntryKind::Subscribed)
         .count();
-    assert_eq!(subscribed, CALLS - refusals.values().sum::<usize>());
+    assert_eq!(
+        subscribed,
+        CALLS - offering_cap_refusals - investor_cap_refusals
+    );
     // Demand exceeds the cap, and each refusal left only fewer units than asked for: sold out
     // to within the largest request.
     assert!(
@@ -130,26 +128,25 @@ async fn concurrent_subscribes_never_exceed_caps(db: TestDb) {
 
 async fn concurrent_subscribes_and_cancels_keep_positions_exact(db: TestDb) {
     const INVESTORS: usize = 40;
-    let (_servers, clients) = start_replicas(&db).await;
-    clients[0]
-        .clone()
+    let (servers, ledger) = start_replicas(&db).await;
+    ledger
         .create_offering(offering("churn", 500, 30))
         .await
         .unwrap();
     let calls = (0..300).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
+        let ledger = ledger.clone();
         let investor = format!("investor-{}", k % INVESTORS);
         tokio::spawn(async move {
             let request_id = format!("req-{k}");
             match k % 3 {
-                2 => client
+                2 => ledger
                     .cancel(cancel("churn", &investor, 0, &request_id))
                     .await
-                    .map(|r| r.into_inner().entry),
-                _ => client
+                    .map(|r| r.entry),
+                _ => ledger
                     .subscribe(subscribe("churn", &investor, 5, &request_id))
                     .await
-                    .map(|r| r.into_inner().entry),
+                    .map(|r| r.entry),
             }
         })
     });
@@ -157,30 +154,36 @@ async fn concurrent_subscribes_and_cancels_keep_positions_exact(db: TestDb) {
     for call in futures::future::join_all(calls).await {
         match call.unwrap() {
             Ok(entry) => net_units += entry.unwrap().units_delta,
-            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+            Err(error) => assert!(
+                matches!(
+                    error,
+                    Error::InsufficientUnits { .. }
+                        | Error::InvestorCapExceeded { .. }
+                        | Error::OfferingCapExceeded { .. }
+                ),
+                "{error:?}"
+            ),
         }
     }
-    let mut client = clients[2].clone();
-    let entries = assert_ledger_consistent(&mut client, "churn").await;
+    let entries = assert_ledger_consistent(&mut raw(&servers, 2).await, "churn").await;
     assert_eq!(entries.last().unwrap().offering_units_after, net_units);
 }
 
 async fn one_request_id_sent_to_every_replica_appends_once(db: TestDb) {
     const COPIES: usize = 30;
-    let (_servers, clients) = start_replicas(&db).await;
-    clients[0]
-        .clone()
+    let (servers, ledger) = start_replicas(&db).await;
+    ledger
         .create_offering(offering("deal", 1000, 0))
         .await
         .unwrap();
-    let calls = (0..COPIES).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
+    // Round-robin: each replica gets a third of the copies.
+    let calls = (0..COPIES).map(|_| {
+        let ledger = ledger.clone();
         tokio::spawn(async move {
-            client
+            ledger
                 .subscribe(subscribe("deal", "alice", 7, "the-one"))
                 .await
                 .unwrap()
-                .into_inner()
         })
     });
     let replies: Vec<_> = futures::future::join_all(calls)
@@ -202,8 +205,7 @@ async fn one_request_id_sent_to_every_replica_appends_once(db: TestDb) {
         "all saw the one entry: {sequences:?}"
     );
 
-    let mut client = clients[1].clone();
-    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    let entries = assert_ledger_consistent(&mut raw(&servers, 1).await, "deal").await;
     assert_eq!(
         entries.iter().filter(|e| e.request_id == "the-one").count(),
         1
@@ -213,17 +215,16 @@ async fn one_request_id_sent_to_every_replica_appends_once(db: TestDb) {
 
 async fn concurrent_finalize_succeeds_exactly_once(db: TestDb) {
     const CALLS: usize = 20;
-    let (_servers, clients) = start_replicas(&db).await;
-    let mut client = clients[0].clone();
-    client
+    let (servers, ledger) = start_replicas(&db).await;
+    ledger
         .create_offering(offering("deal", 100, 0))
         .await
         .unwrap();
-    client
+    ledger
         .subscribe(subscribe("deal", "alice", 10, "s1"))
         .await
         .unwrap();
-    client
+    ledger
         .close_offering(proto::CloseOfferingRequest {
             offering_id: "deal".into(),
             expected_version: 0,
@@ -232,9 +233,9 @@ async fn concurrent_finalize_succeeds_exactly_once(db: TestDb) {
         .await
         .unwrap();
     let calls = (0..CALLS).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
+        let ledger = ledger.clone();
         tokio::spawn(async move {
-            client
+            ledger
                 .finalize_offering(proto::FinalizeOfferingRequest {
                     offering_id: "deal".into(),
                     expected_version: 0,
@@ -253,13 +254,13 @@ async fn concurrent_finalize_succeeds_exactly_once(db: TestDb) {
         1,
         "exactly one finalize succeeds"
     );
-    for status in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert_eq!(
-            (status.code(), reason(status).as_str()),
-            (Code::FailedPrecondition, "OFFERING_NOT_CLOSED")
+    for error in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(error, Error::OfferingNotClosed { status } if status == "FINALIZED"),
+            "{error:?}"
         );
     }
-    let entries = assert_ledger_consistent(&mut client, "deal").await;
+    let entries = assert_ledger_consistent(&mut raw(&servers, 0).await, "deal").await;
     assert_eq!(
         entries
             .iter()
@@ -270,10 +271,10 @@ async fn concurrent_finalize_succeeds_exactly_once(db: TestDb) {
 }
 
 async fn concurrent_creates_of_one_offering_agree(db: TestDb) {
-    let (_servers, clients) = start_replicas(&db).await;
-    let calls = (0..12).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
-        tokio::spawn(async move { client.create_offering(offering("new", 50, 0)).await })
+    let (servers, ledger) = start_replicas(&db).await;
+    let calls = (0..12).map(|_| {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.create_offering(offering("new", 50, 0)).await })
     });
     let results: Vec<_> = futures::future::join_all(calls)
         .await
@@ -282,11 +283,15 @@ async fn concurrent_creates_of_one_offering_agree(db: TestDb) {
         .collect();
     let offerings: Vec<_> = results
         .into_iter()
-        .map(|r| r.expect("a retry of the same create succeeds").into_inner())
+        .map(|r| r.expect("a retry of the same create succeeds"))
         .collect();
     assert!(offerings.windows(2).all(|pair| pair[0] == pair[1]));
-    let mut client = clients[0].clone();
-    assert_eq!(assert_ledger_consistent(&mut client, "new").await.len(), 1);
+    assert_eq!(
+        assert_ledger_consistent(&mut raw(&servers, 0).await, "new")
+            .await
+            .len(),
+        1
+    );
 }
 
 /// Calls spread over many offerings share transactions (several heads locked in one, in
@@ -295,16 +300,15 @@ async fn concurrent_creates_of_one_offering_agree(db: TestDb) {
 async fn concurrent_subscribes_over_many_offerings_stay_exact(db: TestDb) {
     const OFFERINGS: usize = 25;
     const CALLS: usize = 600;
-    let (_servers, clients) = start_replicas(&db).await;
+    let (servers, ledger) = start_replicas(&db).await;
     for i in 0..OFFERINGS {
-        clients[0]
-            .clone()
+        ledger
             .create_offering(offering(&format!("o-{i:02}"), 200, 0))
             .await
             .unwrap();
     }
     let calls = (0..CALLS).map(|k| {
-        let mut client = clients[k % REPLICAS].clone();
+        let ledger = ledger.clone();
         // Every 50th call names an offering that does not exist.
         let offering_id = if k % 50 == 7 {
             "missing".to_owned()
@@ -312,7 +316,7 @@ async fn concurrent_subscribes_over_many_offerings_stay_exact(db: TestDb) {
             format!("o-{:02}", (k * 7) % OFFERINGS)
         };
         tokio::spawn(async move {
-            let result = client
+            let result = ledger
                 .subscribe(subscribe(
                     &offering_id,
                     &format!("inv-{}", k % 13),
@@ -328,17 +332,25 @@ async fn concurrent_subscribes_over_many_offerings_stay_exact(db: TestDb) {
         let (offering_id, result) = call.unwrap();
         match result {
             Ok(reply) => {
-                let entry = reply.into_inner().entry.unwrap();
+                let entry = reply.entry.unwrap();
                 assert_eq!(entry.offering_id, offering_id);
                 *accepted.entry(offering_id).or_default() += entry.units_delta;
             }
-            Err(status) if offering_id == "missing" => {
-                assert_eq!(reason(&status), "OFFERING_NOT_FOUND")
+            Err(Error::OfferingNotFound {
+                offering_id: missing,
+            }) => {
+                assert_eq!(
+                    (missing.as_str(), offering_id.as_str()),
+                    ("missing", "missing")
+                )
             }
-            Err(status) => assert_eq!(reason(&status), "OFFERING_CAP_EXCEEDED", "{status:?}"),
+            Err(error) => assert!(
+                matches!(error, Error::OfferingCapExceeded { .. }),
+                "{error:?}"
+            ),
         }
     }
-    let mut client = clients[1].clone();
+    let mut client = raw(&servers, 1).await;
     for i in 0..OFFERINGS {
         let offering_id = format!("o-{i:02}");
         let entries = assert_ledger_consistent(&mut client, &offering_id).await;
@@ -360,6 +372,7 @@ backend_tests!(
 
 /// PostgreSQL only (SQLite has no row locks): an offering whose head another session holds
 /// fails alone, after lock_timeout (10 s), even when it shared a transaction with others.
+/// Raw stubs here: the client would retry the DATABASE_UNAVAILABLE this test is about.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_a_stuck_head_fails_only_its_own_offering() {
     use sqlx::Connection;

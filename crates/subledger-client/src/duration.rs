@@ -1,5 +1,7 @@
-//! Durations on the command line: `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds. One
-//! parser for every flag that takes a duration (serve's --idle-timeout, bench's --duration).
+//! Durations as subledger's command lines write them: `10s`, `500ms`, `2m`, `1h`, or a bare
+//! number of seconds. One parser for every flag that takes a duration (serve's --idle-timeout,
+//! bench's --duration), and for a client's deadline read from configuration. It lives in the
+//! client because the server, `subledger bench` and the client's users all depend on it.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `subledger bench-redis-lock`: strategy (e) of `bench/strategies.sh`, a Subscribe guarded by a
+//! `subledger-bench-redis-lock`: strategy (e) of `bench/strategies.sh`, a Subscribe guarded by a
 //! distributed lock in Redis, written the way teams write one when they reach for it.
 //!
 //! Per call: take the offering's lock (`SET key token NX PX ttl`, a random token, retried after a
@@ -15,6 +15,9 @@
 //! It works on the strategies schema (`bench/strategies/schema.sql` over the pg-anchor tables),
 //! which `bench/strategies.sh` creates. It talks to loopback addresses only, and every run is
 //! bounded in time, in calls and in how long a call may wait for the lock.
+//!
+//! A binary of its own (not a subcommand of `subledger`), so that the product never links a
+//! Redis client: `bench/strategies.sh` builds and runs it beside the server.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,8 +48,13 @@ else
 end
 "#;
 
-#[derive(clap::Args, Debug)]
-pub struct RedisLockArgs {
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "subledger-bench-redis-lock",
+    version,
+    about = "Strategy (e) of bench/strategies.sh: Subscribes under a Redis lock, straight to PostgreSQL"
+)]
+struct RedisLockArgs {
     /// The strategies database (pg-anchor tables plus bench/strategies/schema.sql).
     #[arg(long)]
     database_url: String,
@@ -139,7 +147,22 @@ enum Outcome {
     Refused,
 }
 
-pub async fn run(args: RedisLockArgs) -> anyhow::Result<()> {
+/// Prints the summary line; a failure is one line on stderr and exit status 2.
+fn main() -> std::process::ExitCode {
+    let args = <RedisLockArgs as clap::Parser>::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("subledger-bench-redis-lock: error: {error:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(args: RedisLockArgs) -> anyhow::Result<()> {
     check_args(&args)?;
     let pg_options: PgConnectOptions = args.database_url.parse().context("bad --database-url")?;
     ensure_loopback("--database-url", pg_options.get_host())?;
@@ -189,7 +212,7 @@ pub async fn run(args: RedisLockArgs) -> anyhow::Result<()> {
     pool.close().await;
     print_summary(&args, &tally, elapsed_s);
     if let Some(error) = &tally.first_error {
-        eprintln!("bench-redis-lock: first error: {error}");
+        eprintln!("subledger-bench-redis-lock: first error: {error}");
     }
     Ok(())
 }

@@ -12,10 +12,11 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
-use super::Client;
-use crate::proto;
+use subledger_client::{Ledger, proto};
 
-/// Streams per HTTP/2 connection: under the server's 256 (STREAMS_PER_CONNECTION_MAX).
+/// Streams per HTTP/2 connection: under the server's 256 (STREAMS_PER_CONNECTION_MAX). The
+/// handle opens streams round-robin over its connections, so each carries at most this many
+/// when it has count / STREAMS_PER_CONNECTION connections or more.
 pub const STREAMS_PER_CONNECTION: usize = 200;
 /// Streams being opened at once, so that opening 10,000 does not queue 10,000 calls.
 const OPENING_AT_ONCE: usize = 256;
@@ -118,17 +119,16 @@ impl WatchReport {
 
 impl Watchers {
     /// Opens `count` streams from each offering's first entry, round-robin over the offerings and
-    /// over `clients` (each carrying at most STREAMS_PER_CONNECTION), and waits until each has
-    /// received its first entry.
+    /// over the handle's connections (each carrying at most STREAMS_PER_CONNECTION), and waits
+    /// until each has received its first entry.
     pub async fn open(
-        clients: &[Client],
+        ledger: &Ledger,
         offering_ids: &[String],
         count: usize,
     ) -> anyhow::Result<Self> {
         let live = Arc::new(AtomicUsize::new(0));
         let opened = futures::stream::iter(0..count)
             .map(|n| {
-                let mut client = clients[n / STREAMS_PER_CONNECTION].clone();
                 let offering = n % offering_ids.len();
                 let request = proto::WatchHistoryRequest {
                     offering_id: offering_ids[offering].clone(),
@@ -136,11 +136,10 @@ impl Watchers {
                 };
                 let live = live.clone();
                 async move {
-                    let stream = client
+                    let stream = ledger
                         .watch_history(request)
                         .await
-                        .context("WatchHistory")?
-                        .into_inner();
+                        .context("WatchHistory")?;
                     anyhow::Ok((offering, tokio::spawn(receive(stream, live))))
                 }
             })
@@ -237,33 +236,36 @@ async fn receive(
 }
 
 /// Closes and finalizes each offering, which ends its streams; returns their last sequences.
-pub async fn finalize(client: &Client, offering_ids: &[String]) -> anyhow::Result<Vec<i64>> {
+pub async fn finalize(ledger: &Ledger, offering_ids: &[String]) -> anyhow::Result<Vec<i64>> {
     let mut last_sequences = Vec::new();
     for offering_id in offering_ids {
-        let mut client = client.clone();
-        client
+        ledger
             .close_offering(proto::CloseOfferingRequest {
                 offering_id: offering_id.clone(),
                 ..Default::default()
             })
             .await
             .with_context(|| format!("CloseOffering {offering_id}"))?;
-        let finalized = client
+        let finalized = ledger
             .finalize_offering(proto::FinalizeOfferingRequest {
                 offering_id: offering_id.clone(),
                 ..Default::default()
             })
             .await
             .with_context(|| format!("FinalizeOffering {offering_id}"))?;
-        last_sequences.push(finalized.into_inner().version);
+        last_sequences.push(finalized.version);
     }
     Ok(last_sequences)
 }
 
+/// The server's metric names read here (`telemetry::metrics` in the server, which a test there
+/// holds these to).
+pub const COMMIT_OFFERINGS: &str = "subledger_commit_offerings";
+pub const WATCH_READS: &str = "subledger_watch_reads_total";
+
 /// The server's WatchHistory history reads and commits so far, from its /metrics
 /// (http://host:port/metrics).
 pub async fn scrape_server_reads(metrics_url: &str) -> anyhow::Result<ServerReads> {
-    use crate::telemetry::metrics::{COMMIT_OFFERINGS, WATCH_READS};
     let text = http_get(metrics_url).await?;
     // The sum of a metric's samples whose labels include `label` (Prometheus text format).
     let total = |metric: &str, label: &str| -> f64 {

@@ -1,12 +1,14 @@
-//! `subledger bench`: a gRPC load generator built on subledger's own client.
+//! `subledger bench`: a gRPC load generator that calls the server through subledger-client, as
+//! a user's service would (its retries and request_ids included).
 //!
 //! It creates its own offerings, drives calls from `--concurrency` tasks round-robin over the
 //! `--target` replicas for a duration or a number of calls, and reports calls/s, latency
 //! percentiles and counts per status code. Then it verifies every offering it used: a benchmark
 //! that breaks the ledger is a bug, not a result, and makes the command fail.
+//!
+//! The `subledger bench` subcommand parses [`BenchArgs`] and calls [`run`].
 
-pub mod redis_lock;
-mod watch;
+pub mod watch;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -18,15 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use serde::Serialize;
-use tonic::metadata::{Ascii, MetadataValue};
-use tonic::service::Interceptor;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
-
-use crate::proto::subscription_ledger_client::SubscriptionLedgerClient;
-use crate::proto::{self};
-
-type Client = SubscriptionLedgerClient<InterceptedService<Channel, BearerToken>>;
+use subledger_client::{Ledger, proto};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// HTTP/2 connections per target: one connection serializes its frames on one socket.
 const CONNECTIONS_PER_TARGET: usize = 4;
@@ -36,6 +31,9 @@ const SETUP_PARALLELISM: usize = 32;
 const LATENCY_US_MAX: u64 = 60_000_000;
 /// Per-investor positions are spread over this many investors per offering.
 const INVESTORS: u64 = 100_000;
+/// The server's largest unit count (10^15, `ledger::limits::UNITS_MAX`, which a test in the
+/// server holds this to): the cap nobody reaches.
+pub const SERVER_UNITS_MAX: i64 = 1_000_000_000_000_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -56,15 +54,20 @@ pub enum Scenario {
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
-    /// Server address; repeat to spread calls round-robin over replicas.
-    #[arg(long = "target", default_value = "http://127.0.0.1:50051")]
+    /// Server address; several (repeated, or separated by commas) spread calls round-robin over
+    /// replicas.
+    #[arg(
+        long = "target",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
     targets: Vec<String>,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// How long to send calls: 10s, 2m, 500ms; a bare number is seconds (ignored with
     /// --requests).
-    #[arg(long, default_value = "10s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "10s", value_parser = subledger_client::duration::parse)]
     duration: Duration,
     /// Stop after this many calls instead of after --duration.
     #[arg(long)]
@@ -103,24 +106,6 @@ pub struct BenchArgs {
     /// The client certificate's private key (PEM).
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-}
-
-/// Adds the bearer token, if any, to every call.
-#[derive(Clone)]
-struct BearerToken(Option<MetadataValue<Ascii>>);
-
-impl Interceptor for BearerToken {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
 }
 
 #[derive(Serialize)]
@@ -217,7 +202,6 @@ impl Tally {
 /// Shared by the workers: which calls remain, and a unique number per call.
 struct Plan {
     scenario: Scenario,
-    run_id: String,
     offering_ids: Vec<String>,
     deadline: Option<Instant>,
     requests_max: Option<u64>,
@@ -268,10 +252,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario == Scenario::Watch && !args.existing_offerings.is_empty() {
         bail!("--scenario watch creates its own offerings (it finalizes them); drop --offering");
     }
-    let clients = connect(&args, CONNECTIONS_PER_TARGET).await?;
+    let ledger = connect(&args, CONNECTIONS_PER_TARGET).await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let offering_ids = if args.existing_offerings.is_empty() || args.scenario == Scenario::Sellout {
-        create_offerings(&clients, &args, &run_id).await?
+        create_offerings(&ledger, &args, &run_id).await?
     } else {
         args.existing_offerings.clone()
     };
@@ -282,8 +266,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 .watchers
                 .div_ceil(watch::STREAMS_PER_CONNECTION)
                 .div_ceil(args.targets.len());
-            let watch_clients = connect(&args, connections_per_target).await?;
-            Some(watch::Watchers::open(&watch_clients, &offering_ids, args.watchers).await?)
+            let watch_ledger = connect(&args, connections_per_target).await?;
+            Some(watch::Watchers::open(&watch_ledger, &offering_ids, args.watchers).await?)
         }
         _ => None,
     };
@@ -306,7 +290,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let show_progress = !args.json && std::io::stderr().is_terminal();
     let plan = Arc::new(Plan {
         scenario: args.scenario,
-        run_id,
         offering_ids,
         deadline: args
             .requests
@@ -321,13 +304,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let progress = show_progress.then(|| tokio::spawn(progress_line(plan.clone(), args.duration)));
     let workers: Vec<_> = (0..args.concurrency)
-        .map(|worker| {
-            tokio::spawn(drive(
-                clients[worker % clients.len()].clone(),
-                plan.clone(),
-                worker as u64,
-            ))
-        })
+        .map(|worker| tokio::spawn(drive(ledger.clone(), plan.clone(), worker as u64)))
         .collect();
     let mut tally = Tally::new();
     for worker in workers {
@@ -341,7 +318,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let metrics_after = scrape().await?;
     let watch_report = match watchers {
         Some(watchers) => {
-            let last_sequences = watch::finalize(&clients[0], &plan.offering_ids).await?;
+            let last_sequences = watch::finalize(&ledger, &plan.offering_ids).await?;
             let mut report = watchers.finish(&last_sequences).await;
             report.idle_reads = idle_reads;
             if let (Some(before), Some(after)) = (metrics_before, metrics_after) {
@@ -352,18 +329,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let (verified_entries, broken) = verify(&clients[0], &plan.offering_ids).await?;
+    let (verified_entries, broken) = verify(&ledger, &plan.offering_ids).await?;
     let mut report = report(&args, &plan, &tally, elapsed, started, verified_entries);
     report.verify_failures = broken.clone();
     let watch_mismatches = watch_report.as_ref().map_or(0, |w| w.mismatches);
     report.watch = watch_report;
     if args.scenario == Scenario::Sellout {
-        let offering_id = plan.offering_ids[0].clone();
-        let offering = clients[0]
-            .clone()
-            .get_offering(proto::GetOfferingRequest { offering_id })
-            .await?
-            .into_inner();
+        let offering = ledger.get_offering(&plan.offering_ids[0]).await?;
         report.sold_units = Some((offering.subscribed_units, offering.max_units));
     }
     if args.json {
@@ -383,46 +355,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Connections ordered target by target within each round ([t1, t2, t3, t1, t2, t3, ...]), so
-/// that worker w, which uses connection w % len, loads target w % targets: every replica gets
-/// the same share of the calls in flight, whatever --concurrency is.
-async fn connect(args: &BenchArgs, connections_per_target: usize) -> anyhow::Result<Vec<Client>> {
-    let token = match &args.token {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .context("--token is not a valid header value")?,
-        ),
-        None => None,
-    };
-    let tls = client_tls(args)?;
-    let mut endpoints = Vec::new();
-    for target in &args.targets {
-        let mut endpoint = Endpoint::from_shared(target.clone())
-            .with_context(|| format!("bad --target {target:?}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5));
-        if let Some(tls) = &tls {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .with_context(|| format!("TLS for {target}"))?;
-        }
-        endpoints.push((target, endpoint));
+/// One handle over every target, `connections_per_target` connections each. Calls go
+/// round-robin over the connections, target by target: every replica gets the same share of the
+/// calls in flight, whatever --concurrency is. Connected at once, so that a wrong --target fails
+/// before the run, naming it.
+async fn connect(args: &BenchArgs, connections_per_target: usize) -> anyhow::Result<Ledger> {
+    let mut builder = Ledger::builder(args.targets.clone())
+        .connections_per_endpoint(connections_per_target)
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(tls) = client_tls(args)? {
+        builder = builder.tls(tls);
     }
-    let mut clients = Vec::new();
-    for _ in 0..connections_per_target {
-        for (target, endpoint) in &endpoints {
-            let channel = endpoint
-                .connect()
-                .await
-                .with_context(|| format!("cannot connect to {target}"))?;
-            clients.push(SubscriptionLedgerClient::with_interceptor(
-                channel,
-                BearerToken(token.clone()),
-            ));
-        }
+    if let Some(token) = &args.token {
+        builder = builder.bearer_token(token);
     }
-    Ok(clients)
+    builder
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", args.targets.join(", ")))
 }
 
 /// TLS from --tls-ca, --tls-cert and --tls-key; None when none is given.
@@ -444,22 +394,21 @@ fn client_tls(args: &BenchArgs) -> anyhow::Result<Option<ClientTlsConfig>> {
 }
 
 async fn create_offerings(
-    clients: &[Client],
+    ledger: &Ledger,
     args: &BenchArgs,
     run_id: &str,
 ) -> anyhow::Result<Vec<String>> {
     let (count, max_units) = match args.scenario {
         // Caps nobody reaches: every call measures the write path, not a refusal.
-        Scenario::Hot => (1, crate::ledger::limits::UNITS_MAX),
+        Scenario::Hot => (1, SERVER_UNITS_MAX),
         Scenario::Spread | Scenario::Mixed | Scenario::Watch => {
-            (args.offerings(), crate::ledger::limits::UNITS_MAX)
+            (args.offerings(), SERVER_UNITS_MAX)
         }
         Scenario::Sellout => (1, args.sellout_units),
     };
     let ids: Vec<String> = (0..count).map(|i| format!("bench-{run_id}-{i}")).collect();
     for chunk in ids.chunks(SETUP_PARALLELISM) {
         let creates = chunk.iter().map(|id| {
-            let mut client = clients[0].clone();
             let request = proto::CreateOfferingRequest {
                 offering_id: id.clone(),
                 name: format!("bench {:?} {id}", args.scenario),
@@ -468,7 +417,7 @@ async fn create_offerings(
                 request_id: format!("create-{id}"),
                 ..Default::default()
             };
-            async move { client.create_offering(request).await }
+            ledger.create_offering(request)
         });
         for result in futures::future::join_all(creates).await {
             result.context("CreateOffering for the benchmark")?;
@@ -490,7 +439,7 @@ enum Call {
 }
 
 /// One worker: calls back to back until the plan says stop.
-async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
+async fn drive(ledger: Ledger, plan: Arc<Plan>, worker: u64) -> Tally {
     let mut tally = Tally::new();
     // A cheap per-worker pseudo-random sequence (xorshift): picks offerings, investors, units.
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (worker + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -500,11 +449,10 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
         seed ^= seed << 17;
         seed
     };
-    while let Some(call) = plan.next_call() {
+    while plan.next_call().is_some() {
         let offering_id =
             plan.offering_ids[(random() % plan.offering_ids.len() as u64) as usize].clone();
         let investor_id = format!("investor-{}", random() % INVESTORS);
-        let request_id = format!("{}-{call}", plan.run_id);
         let units = 1 + (random() % 10) as i64;
         let call = match plan.scenario {
             Scenario::Hot | Scenario::Spread | Scenario::Watch => Call::Subscribe { units },
@@ -520,34 +468,35 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
         let started = Instant::now();
         let (method, code) = match call {
             Call::Subscribe { units } => {
+                // request_id: made by the client, as for any caller that gives none.
                 let request = proto::SubscribeRequest {
                     offering_id,
                     investor_id,
                     units,
-                    request_id,
+                    ..Default::default()
                 };
-                ("Subscribe", code_of(client.subscribe(request).await))
+                ("Subscribe", code_of(ledger.subscribe(request).await))
             }
             Call::Cancel => {
                 let request = proto::CancelRequest {
                     offering_id,
                     investor_id,
                     units: 0,
-                    request_id,
+                    ..Default::default()
                 };
-                ("Cancel", code_of(client.cancel(request).await))
+                ("Cancel", code_of(ledger.cancel(request).await))
             }
-            Call::GetOffering => {
-                let request = proto::GetOfferingRequest { offering_id };
-                ("GetOffering", code_of(client.get_offering(request).await))
-            }
+            Call::GetOffering => (
+                "GetOffering",
+                code_of(ledger.get_offering(&offering_id).await),
+            ),
             Call::ListHistory => {
                 let request = proto::ListHistoryRequest {
                     offering_id,
                     page_size: 20,
                     ..Default::default()
                 };
-                ("ListHistory", code_of(client.list_history(request).await))
+                ("ListHistory", code_of(ledger.list_history(request).await))
             }
         };
         if plan.scenario == Scenario::Sellout
@@ -572,8 +521,8 @@ async fn drive(mut client: Client, plan: Arc<Plan>, worker: u64) -> Tally {
     tally
 }
 
-fn code_of<T>(result: Result<tonic::Response<T>, tonic::Status>) -> tonic::Code {
-    result.map_or_else(|status| status.code(), |_| tonic::Code::Ok)
+fn code_of<T>(result: Result<T, subledger_client::Error>) -> tonic::Code {
+    result.map_or_else(|error| error.code(), |_| tonic::Code::Ok)
 }
 
 /// A live line on the terminal: progress through the run, calls/s over the last second, ok,
@@ -627,28 +576,19 @@ impl Drop for ClearOnDrop {
 }
 
 /// VerifyOffering on every offering used; returns the entries checked and the failures.
-async fn verify(client: &Client, offering_ids: &[String]) -> anyhow::Result<(i64, Vec<String>)> {
+async fn verify(ledger: &Ledger, offering_ids: &[String]) -> anyhow::Result<(i64, Vec<String>)> {
     let mut entries = 0;
     let mut broken = Vec::new();
     for chunk in offering_ids.chunks(SETUP_PARALLELISM) {
-        let checks = chunk.iter().map(|id| {
-            let mut client = client.clone();
-            async move {
-                (
-                    id,
-                    client
-                        .verify_offering(proto::VerifyOfferingRequest {
-                            offering_id: id.clone(),
-                            digest: None,
-                        })
-                        .await,
-                )
-            }
+        let checks = chunk.iter().map(|id| async move {
+            let request = proto::VerifyOfferingRequest {
+                offering_id: id.clone(),
+                digest: None,
+            };
+            (id, ledger.verify_offering(request).await)
         });
         for (id, result) in futures::future::join_all(checks).await {
-            let verdict = result
-                .with_context(|| format!("VerifyOffering {id}"))?
-                .into_inner();
+            let verdict = result.with_context(|| format!("VerifyOffering {id}"))?;
             entries += verdict.entries_checked;
             if !verdict.ok {
                 broken.push(format!("{id}: {}", verdict.problems.join(", ")));
