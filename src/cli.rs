@@ -121,7 +121,7 @@ struct ServeArgs {
     max_client_connections_per_peer: usize,
     /// A new connection must finish its handshake (TLS, then the HTTP/2 preface) within this,
     /// however slowly its bytes arrive.
-    #[arg(long, env = "SUBLEDGER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = crate::duration::parse)]
+    #[arg(long, env = "SUBLEDGER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = subledger_client::duration::parse)]
     handshake_timeout: Duration,
     /// A connection that sends nothing for this long is closed (10s, 500ms, 2m; bare = seconds).
     /// Live clients answer the PINGs the server sends after a third of it.
