@@ -1,16 +1,22 @@
 //! The domain: offerings, positions, history entries, and the rules that decide whether a
 //! command may be applied. Pure code with no I/O: both stores feed it the locked head and the
 //! positions a batch touches, and write back exactly what it returns.
+//!
+//! `apply` runs a batch and holds what the commands share; `command/` has one file per
+//! command; `outcome` is what they answer.
 
 pub mod allocation;
+mod apply;
 pub mod chain;
+mod command;
 pub mod limits;
-mod rules;
+mod outcome;
+#[cfg(test)]
+mod testing;
 mod types;
 pub mod verify;
 
-pub use rules::{
-    Applied, Batch, BatchWrites, CreateOutcome, OfferingRequests, Rejection, Results, SYSTEM_ACTOR,
-    apply_all, check_create,
-};
+pub use apply::{Batch, BatchWrites, OfferingRequests, SYSTEM_ACTOR, apply_all};
+pub use command::create::{CreateOutcome, check_create};
+pub use outcome::{Applied, Rejection, Results};
 pub use types::*;
