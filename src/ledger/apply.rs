@@ -1,7 +1,8 @@
 //! The batch: requests applied in order to one locked offering inside one transaction, and
 //! what every command shares: the running totals, the window, lots, minimums and expected
 //! versions, the append of an entry with its chain link, and `apply_all`, the one entry point
-//! both stores call. Each command's own rules live in `command/<name>.rs`.
+//! both stores call. Each command's own rules live in `command/<name>.rs`; whether a request is
+//! a replay is decided in `idempotency`.
 //!
 //! A store locks an offering's head, loads what a batch of requests needs (the head, the
 //! positions of the investors named, or every position when a request needs them all, the
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::chain;
+use super::idempotency::{self, Idempotency};
 use super::outcome::{Applied, Rejection, Results};
 use super::types::{
     Command, Entry, EntryKind, Offering, OfferingStatus, Position, Request, Timestamp,
@@ -105,12 +107,8 @@ impl Batch {
 
     /// Validates `request` against the running state and, if accepted, records its effect.
     pub fn apply(&mut self, request: &Request) -> Result<Applied, Rejection> {
-        if let Some(entry) = self.recorded.get(&request.request_id) {
-            if !request.is_recorded_by(entry) {
-                return Err(Rejection::RequestIdReused {
-                    request_id: request.request_id.clone(),
-                });
-            }
+        let recorded = self.recorded.get(&request.request_id);
+        if let Idempotency::Replay(entry) = idempotency::decide(request, recorded)? {
             let entry = entry.clone();
             return Ok(self.applied(entry, true));
         }
@@ -499,18 +497,6 @@ mod tests {
         assert_eq!(replay.entry.entry_hash, a.entry.entry_hash);
         let writes = batch.into_writes();
         assert_eq!(writes.head.last_hash, b.entry.entry_hash);
-    }
-
-    #[test]
-    fn a_request_id_repeated_in_one_batch_is_a_replay() {
-        let mut batch = Batch::new(head(10, 0), vec![], false, vec![], now());
-        let first = batch.apply(&request("a", subscribe("alice", 2))).unwrap();
-        let again = batch.apply(&request("a", subscribe("alice", 2))).unwrap();
-        assert!(again.replayed && !first.replayed);
-        assert_eq!(again.entry, first.entry);
-        let reused = batch.apply(&request("a", subscribe("alice", 3)));
-        assert!(matches!(reused, Err(Rejection::RequestIdReused { .. })));
-        assert_eq!(batch.into_writes().entries.len(), 1);
     }
 
     #[test]

@@ -3,12 +3,14 @@
 //! positions a batch touches, and write back exactly what it returns.
 //!
 //! `apply` runs a batch and holds what the commands share; `command/` has one file per
-//! command; `outcome` is what they answer.
+//! command; `idempotency` alone decides whether a request is a replay; `outcome` is what they
+//! answer.
 
 pub mod allocation;
 mod apply;
 pub mod chain;
 mod command;
+pub mod idempotency;
 pub mod limits;
 mod outcome;
 #[cfg(test)]

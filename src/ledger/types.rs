@@ -379,23 +379,3 @@ pub struct Request {
     pub actor: Arc<str>,
     pub command: Command,
 }
-
-impl Request {
-    /// True when `entry` is what this request appended: the same request made again, by the
-    /// same principal. Another principal reusing the request_id must not read the result.
-    pub fn is_recorded_by(&self, entry: &Entry) -> bool {
-        let command = &self.command;
-        entry.kind == command.kind()
-            && entry.investor_id == command.investor_id().unwrap_or("")
-            && entry.requested_units == command.requested_units()
-            && entry.expected_version == command.expected_version()
-            && entry.actor == *self.actor
-            && match (command, &entry.terms_before, &entry.terms_after) {
-                (Command::Amend { changes, .. }, Some(before), Some(after)) => {
-                    changes.apply_to(before) == *after
-                }
-                (Command::Amend { .. }, _, _) => false,
-                _ => true,
-            }
-    }
-}

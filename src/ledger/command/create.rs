@@ -4,6 +4,7 @@
 //! `check_create` whether this is the same request again.
 
 use crate::ledger::chain;
+use crate::ledger::idempotency::{self, Creation, Idempotency};
 use crate::ledger::outcome::Rejection;
 use crate::ledger::types::{Entry, EntryKind, NewOffering, Offering, OfferingStatus, Timestamp};
 
@@ -15,33 +16,22 @@ pub enum CreateOutcome {
 }
 
 /// Decides a CreateOffering whose offering_id is taken: a replay when the existing offering was
-/// created by this very request, OFFERING_EXISTS otherwise.
+/// created by this very request, OFFERING_EXISTS otherwise (see `idempotency::Creation`).
 pub fn check_create(
     new: &NewOffering,
     existing: Offering,
     created_by: &Entry,
 ) -> Result<CreateOutcome, Rejection> {
-    let (would_be, _) = new.first_rows(existing.create_time);
-    let same = would_be.terms()
-        == created_by
-            .terms_after
-            .clone()
-            .unwrap_or_else(|| existing.terms())
-        && would_be.allocation == existing.allocation
-        && would_be.open_time == existing.open_time
-        && would_be.lot_units == existing.lot_units
-        && would_be.min_units_per_investor == existing.min_units_per_investor
-        && would_be.max_total_demand == existing.max_total_demand
-        && created_by.kind == EntryKind::OfferingCreated
-        && created_by.request_id == new.request_id
-        && created_by.actor == *new.actor;
-    if same {
-        Ok(CreateOutcome::Replayed(existing))
-    } else {
-        Err(Rejection::OfferingExists {
-            offering_id: new.offering_id.clone(),
-        })
-    }
+    let creation = Creation {
+        new,
+        existing: &existing,
+    };
+    let seen = idempotency::decide(&creation, Some(created_by))?;
+    debug_assert!(
+        matches!(seen, Idempotency::Replay(_)),
+        "a taken offering_id has its creation entry"
+    );
+    Ok(CreateOutcome::Replayed(existing))
 }
 
 impl NewOffering {

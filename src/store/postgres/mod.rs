@@ -36,8 +36,8 @@ use super::{
     Store, StoreError,
 };
 use crate::ledger::{
-    self, Applied, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests,
-    Position, Rejection, Results, Timestamp, check_create,
+    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
+    Rejection, Results, Timestamp, check_create,
 };
 use primary::Primary;
 pub use url::{PgTargets, UrlError};
@@ -503,9 +503,8 @@ impl PgStore {
 
     /// One attempt at `apply`, on a connection of its own. With `known_new` the request_ids are
     /// taken to be new (true but for retries) and not looked up; the attempt is then abandoned
-    /// (None) if the history insert found one recorded after all, or if a rule refused a
-    /// request: a refusal may be a replay in disguise (a retried Subscribe after the offering
-    /// sold out).
+    /// (None) if the history insert found one recorded after all, or if the ledger says the
+    /// results cannot stand without the lookup (`idempotency::presumed_new_stands`).
     async fn apply_attempt(
         &self,
         work: &[OfferingRequests],
@@ -533,8 +532,7 @@ impl PgStore {
         };
         let now = now.unwrap_or_else(super::now);
         let (results, writes) = ledger::apply_all(work, heads, positions, recorded, now);
-        let refused = |r: &Result<Applied, Rejection>| matches!(r, Err(e) if !matches!(e, Rejection::OfferingNotFound { .. }));
-        if known_new && results.iter().flatten().any(refused) {
+        if known_new && !ledger::idempotency::presumed_new_stands(results.iter().flatten()) {
             self.bounded(tx.rollback()).await?;
             return Ok(None);
         }
