@@ -89,167 +89,85 @@ pub(super) async fn create_offering<S: Store>(
     .await
 }
 
-/// Subscribe and Cancel: the same fields, checked alike, but Cancel's units may be 0 ("all").
-fn investor_mutation(
-    (offering_id, investor_id, units, request_id): (String, String, i64, String),
-    units_min: i64,
-    command: fn(String, i64) -> Command,
-) -> Result<Mutation, ApiError> {
-    validate::id("offering_id", &offering_id)?;
-    validate::id("investor_id", &investor_id)?;
-    validate::units("units", units, units_min)?;
-    validate::id("request_id", &request_id)?;
-    Ok(Mutation {
-        offering_id,
-        request_id,
-        command: command(investor_id, units),
-    })
-}
+/// Subscribe and Cancel: the same fields, checked alike and in the same order, and replies of
+/// the same fields; only Cancel's units may be 0 ("all").
+macro_rules! investor_mutation {
+    ($method:literal: $message:ty => $reply:ident, $command:ident, units_min = $units_min:literal) => {
+        impl MutationRequest for $message {
+            const METHOD: &'static str = $method;
+            type Reply = proto::$reply;
 
-impl MutationRequest for proto::SubscribeRequest {
-    const METHOD: &'static str = "Subscribe";
-    type Reply = proto::SubscribeResponse;
+            fn ids(&self) -> (&str, &str) {
+                (&self.offering_id, &self.request_id)
+            }
 
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
+            fn into_mutation(self) -> Result<Mutation, ApiError> {
+                validate::id("offering_id", &self.offering_id)?;
+                validate::id("investor_id", &self.investor_id)?;
+                validate::units("units", self.units, $units_min)?;
+                validate::id("request_id", &self.request_id)?;
+                Ok(Mutation {
+                    offering_id: self.offering_id,
+                    request_id: self.request_id,
+                    command: Command::$command {
+                        investor_id: self.investor_id,
+                        units: self.units,
+                    },
+                })
+            }
 
-    fn into_mutation(self) -> Result<Mutation, ApiError> {
-        let fields = (
-            self.offering_id,
-            self.investor_id,
-            self.units,
-            self.request_id,
-        );
-        investor_mutation(fields, 1, |investor_id, units| Command::Subscribe {
-            investor_id,
-            units,
-        })
-    }
-
-    fn reply(applied: Applied) -> Self::Reply {
-        let (entry, offering, position, replayed) = convert::applied(applied);
-        proto::SubscribeResponse {
-            entry,
-            offering,
-            position,
-            replayed,
+            fn reply(applied: Applied) -> Self::Reply {
+                let (entry, offering, position, replayed) = convert::applied(applied);
+                proto::$reply {
+                    entry,
+                    offering,
+                    position,
+                    replayed,
+                }
+            }
         }
-    }
+    };
 }
 
-impl MutationRequest for proto::CancelRequest {
-    const METHOD: &'static str = "Cancel";
-    type Reply = proto::CancelResponse;
+investor_mutation!("Subscribe": proto::SubscribeRequest => SubscribeResponse, Subscribe, units_min = 1);
+investor_mutation!("Cancel": proto::CancelRequest => CancelResponse, Cancel, units_min = 0);
 
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
+/// CloseOffering, FinalizeOffering and AllocateOffering: the same request, a different command,
+/// and the offering after it for a reply. Their request_id is optional: one left empty is made
+/// up (a UUID), as for AmendOffering.
+macro_rules! status_change {
+    ($method:literal: $message:ty, $command:ident) => {
+        impl MutationRequest for $message {
+            const METHOD: &'static str = $method;
+            type Reply = proto::Offering;
 
-    fn into_mutation(self) -> Result<Mutation, ApiError> {
-        let fields = (
-            self.offering_id,
-            self.investor_id,
-            self.units,
-            self.request_id,
-        );
-        investor_mutation(fields, 0, |investor_id, units| Command::Cancel {
-            investor_id,
-            units,
-        })
-    }
+            fn ids(&self) -> (&str, &str) {
+                (&self.offering_id, &self.request_id)
+            }
 
-    fn reply(applied: Applied) -> Self::Reply {
-        let (entry, offering, position, replayed) = convert::applied(applied);
-        proto::CancelResponse {
-            entry,
-            offering,
-            position,
-            replayed,
+            fn into_mutation(self) -> Result<Mutation, ApiError> {
+                validate::id("offering_id", &self.offering_id)?;
+                validate::not_negative("expected_version", self.expected_version)?;
+                let request_id = validate::id_or_new("request_id", self.request_id)?;
+                Ok(Mutation {
+                    offering_id: self.offering_id,
+                    request_id,
+                    command: Command::$command {
+                        expected_version: self.expected_version,
+                    },
+                })
+            }
+
+            fn reply(applied: Applied) -> Self::Reply {
+                convert::offering(applied.offering)
+            }
         }
-    }
+    };
 }
 
-/// CloseOffering, FinalizeOffering and AllocateOffering: the same request, a different command.
-/// Their request_id is optional: one left empty is made up (a UUID), as for AmendOffering.
-fn status_change(
-    (offering_id, expected_version, request_id): (String, i64, String),
-    command: fn(i64) -> Command,
-) -> Result<Mutation, ApiError> {
-    validate::id("offering_id", &offering_id)?;
-    validate::not_negative("expected_version", expected_version)?;
-    let request_id = validate::id_or_new("request_id", request_id)?;
-    Ok(Mutation {
-        offering_id,
-        request_id,
-        command: command(expected_version),
-    })
-}
-
-/// The offering after the entry: what every lifecycle RPC answers.
-fn offering_reply(applied: Applied) -> proto::Offering {
-    convert::offering(applied.offering)
-}
-
-impl MutationRequest for proto::CloseOfferingRequest {
-    const METHOD: &'static str = "CloseOffering";
-    type Reply = proto::Offering;
-
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
-
-    fn into_mutation(self) -> Result<Mutation, ApiError> {
-        let fields = (self.offering_id, self.expected_version, self.request_id);
-        status_change(fields, |expected_version| Command::Close {
-            expected_version,
-        })
-    }
-
-    fn reply(applied: Applied) -> Self::Reply {
-        offering_reply(applied)
-    }
-}
-
-impl MutationRequest for proto::FinalizeOfferingRequest {
-    const METHOD: &'static str = "FinalizeOffering";
-    type Reply = proto::Offering;
-
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
-
-    fn into_mutation(self) -> Result<Mutation, ApiError> {
-        let fields = (self.offering_id, self.expected_version, self.request_id);
-        status_change(fields, |expected_version| Command::Finalize {
-            expected_version,
-        })
-    }
-
-    fn reply(applied: Applied) -> Self::Reply {
-        offering_reply(applied)
-    }
-}
-
-impl MutationRequest for proto::AllocateOfferingRequest {
-    const METHOD: &'static str = "AllocateOffering";
-    type Reply = proto::Offering;
-
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
-
-    fn into_mutation(self) -> Result<Mutation, ApiError> {
-        let fields = (self.offering_id, self.expected_version, self.request_id);
-        status_change(fields, |expected_version| Command::Allocate {
-            expected_version,
-        })
-    }
-
-    fn reply(applied: Applied) -> Self::Reply {
-        offering_reply(applied)
-    }
-}
+status_change!("CloseOffering": proto::CloseOfferingRequest, Close);
+status_change!("FinalizeOffering": proto::FinalizeOfferingRequest, Finalize);
+status_change!("AllocateOffering": proto::AllocateOfferingRequest, Allocate);
 
 impl MutationRequest for proto::AmendOfferingRequest {
     const METHOD: &'static str = "AmendOffering";
@@ -275,6 +193,6 @@ impl MutationRequest for proto::AmendOfferingRequest {
     }
 
     fn reply(applied: Applied) -> Self::Reply {
-        offering_reply(applied)
+        convert::offering(applied.offering)
     }
 }
