@@ -483,7 +483,11 @@ async fn listen_takes_a_host_name_and_serves_every_address_it_resolves_to() {
     let dir = tempfile::tempdir().unwrap();
     let address = free_address();
     let child = Command::new(BINARY)
-        .args(["serve", "--listen", &format!("localhost:{}", address.port())])
+        .args([
+            "serve",
+            "--listen",
+            &format!("localhost:{}", address.port()),
+        ])
         .args(["--data-dir", dir.path().to_str().unwrap()])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "warn")

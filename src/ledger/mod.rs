@@ -1,36 +1,26 @@
 //! The domain: offerings, positions, history entries, and the rules that decide whether a
 //! command may be applied. Pure code with no I/O: both stores feed it the locked head and the
 //! positions a batch touches, and write back exactly what it returns.
+//!
+//! `apply` runs a batch and holds what the commands share; `command/` has one file per
+//! command; `idempotency` alone decides whether a request is a replay; `outcome` is what they
+//! answer.
 
 pub mod allocation;
+mod apply;
 pub mod chain;
+mod command;
 #[cfg(test)]
 pub(crate) mod examples;
-mod rules;
+pub mod idempotency;
+pub mod limits;
+mod outcome;
+#[cfg(test)]
+mod testing;
 mod types;
 pub mod verify;
 
-pub use rules::{
-    Applied, Batch, BatchWrites, CreateOutcome, OfferingRequests, Rejection, Results, SYSTEM_ACTOR,
-    apply_all, check_create,
-};
+pub use apply::{Batch, BatchWrites, OfferingRequests, SYSTEM_ACTOR, apply_all};
+pub use command::create::{CreateOutcome, check_create};
+pub use outcome::{Applied, Rejection, Results};
 pub use types::*;
-
-/// Limits on input, each a named bound so that no caller can make the server do unbounded work.
-pub mod limits {
-    /// Ids are keys in indexes and in logs: long enough for a UUID with a prefix, short enough
-    /// to keep index entries small.
-    pub const ID_CHARS_MAX: usize = 128;
-    /// An offering's display name.
-    pub const NAME_CHARS_MAX: usize = 256;
-    /// Units are i64 in storage; a cap this far below i64::MAX keeps every sum in range.
-    pub const UNITS_MAX: i64 = 1_000_000_000_000_000;
-    /// page_size 0 means this.
-    pub const PAGE_SIZE_DEFAULT: u32 = 100;
-    /// Larger requested pages are cut to this, bounding one reply's size and one query's work.
-    pub const PAGE_SIZE_MAX: u32 = 1000;
-    /// A pro-rata offering's total demand at most (when max_total_demand does not bound it
-    /// lower): demand * max_units and allocation * demand stay far inside i128, and the total
-    /// inside i64.
-    pub const DEMAND_TOTAL_MAX: i64 = 1_000_000_000_000_000_000;
-}

@@ -380,22 +380,104 @@ pub struct Request {
     pub command: Command,
 }
 
-impl Request {
-    /// True when `entry` is what this request appended: the same request made again, by the
-    /// same principal. Another principal reusing the request_id must not read the result.
-    pub fn is_recorded_by(&self, entry: &Entry) -> bool {
-        let command = &self.command;
-        entry.kind == command.kind()
-            && entry.investor_id == command.investor_id().unwrap_or("")
-            && entry.requested_units == command.requested_units()
-            && entry.expected_version == command.expected_version()
-            && entry.actor == *self.actor
-            && match (command, &entry.terms_before, &entry.terms_after) {
-                (Command::Amend { changes, .. }, Some(before), Some(after)) => {
-                    changes.apply_to(before) == *after
-                }
-                (Command::Amend { .. }, _, _) => false,
-                _ => true,
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::testing::{cancel, head, minutes, now, subscribe};
+
+    #[test]
+    fn every_stored_code_and_name_round_trips_and_nothing_else_reads() {
+        for code in 1..=4 {
+            let status = OfferingStatus::from_code(code).unwrap();
+            assert_eq!(status as i64, code);
+            assert_eq!(OfferingStatus::from_name(status.name()), Some(status));
+        }
+        for code in 1..=2 {
+            let allocation = Allocation::from_code(code).unwrap();
+            assert_eq!(allocation as i64, code);
+            assert_eq!(Allocation::from_name(allocation.name()), Some(allocation));
+        }
+        for code in 1..=7 {
+            let kind = EntryKind::from_code(code).unwrap();
+            assert_eq!(kind as i64, code);
+            assert_eq!(EntryKind::from_name(kind.name()), Some(kind));
+        }
+        assert_eq!(OfferingStatus::from_code(0), None);
+        assert_eq!(OfferingStatus::from_code(5), None);
+        assert_eq!(Allocation::from_code(3), None);
+        assert_eq!(EntryKind::from_code(8), None);
+        assert_eq!(
+            EntryKind::from_name("ENTRY_KIND_SUBSCRIBED"),
+            None,
+            "names come without their proto prefix"
+        );
+        assert_eq!(OfferingStatus::from_name("open"), None);
+    }
+
+    #[test]
+    fn an_offering_counts_what_remains_and_a_lot_of_zero_is_one() {
+        let mut offering = head(10, 0);
+        offering.subscribed_units = 7;
+        assert_eq!(offering.remaining_units(), 3);
+        assert_eq!(offering.lot(), 1);
+        offering.lot_units = 5;
+        assert_eq!(offering.lot(), 5);
+    }
+
+    #[test]
+    fn from_close_time_on_an_open_offering_shows_closed() {
+        let mut offering = head(10, 0);
+        offering.close_time = Some(now());
+        assert!(!offering.closes_by_clock(now() - minutes(1)));
+        assert!(
+            offering.closes_by_clock(now()),
+            "close_time itself is closed"
+        );
+        assert_eq!(
+            offering.clone().as_of(now() - minutes(1)).status,
+            OfferingStatus::Open
+        );
+        assert_eq!(offering.clone().as_of(now()).status, OfferingStatus::Closed);
+        offering.status = OfferingStatus::Finalized;
+        assert!(
+            !offering.closes_by_clock(now()),
+            "only an OPEN offering closes"
+        );
+        assert_eq!(offering.as_of(now()).status, OfferingStatus::Finalized);
+    }
+
+    #[test]
+    fn term_changes_replace_only_what_they_name() {
+        let terms = head(10, 2).terms();
+        assert_eq!(TermChanges::default().apply_to(&terms), terms);
+        let changes = TermChanges {
+            max_units: Some(20),
+            close_time: Some(now()),
+            ..TermChanges::default()
+        };
+        let after = changes.apply_to(&terms);
+        assert_eq!((after.max_units, after.close_time), (20, Some(now())));
+        assert_eq!(
+            (after.name.as_str(), after.max_units_per_investor),
+            ("Deal", 2)
+        );
+    }
+
+    #[test]
+    fn a_command_names_its_entry_investor_and_request_fields() {
+        let close = Command::Close {
+            expected_version: 3,
+        };
+        let allocate = Command::Allocate {
+            expected_version: 0,
+        };
+        assert_eq!(subscribe("alice", 5).investor_id(), Some("alice"));
+        assert_eq!(close.investor_id(), None);
+        assert_eq!(cancel("alice", 0).kind(), EntryKind::Cancelled);
+        assert_eq!(close.kind(), EntryKind::OfferingClosed);
+        assert_eq!(subscribe("alice", 5).request_fields(), (5, 0));
+        assert_eq!(close.request_fields(), (0, 3));
+        assert!(allocate.reads_all_positions());
+        assert!(!subscribe("alice", 5).reads_all_positions());
     }
 }

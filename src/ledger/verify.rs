@@ -474,3 +474,173 @@ impl Verifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::apply::Batch;
+    use crate::ledger::testing::{cancel, new_offering, now, request, subscribe};
+
+    /// What a store holds after the rules wrote: the head, the history in sequence order and
+    /// every position.
+    struct Stored {
+        head: Offering,
+        entries: Vec<Entry>,
+        positions: Vec<Position>,
+    }
+
+    /// Created, alice subscribes 4, bob 3, alice cancels 1.
+    fn stored() -> Stored {
+        let (head, created) = new_offering(10, 5).first_rows(now());
+        let mut batch = Batch::new(head, vec![], false, vec![], now());
+        for (id, command) in [
+            ("a", subscribe("alice", 4)),
+            ("b", subscribe("bob", 3)),
+            ("c", cancel("alice", 1)),
+        ] {
+            batch.apply(&request(id, command)).unwrap();
+        }
+        let writes = batch.into_writes();
+        Stored {
+            head: writes.head,
+            entries: [vec![created], writes.entries].concat(),
+            positions: writes.positions,
+        }
+    }
+
+    fn verify(stored: &Stored, digests: &[Digest]) -> Report {
+        let mut verifier = Verifier::new(&stored.head, digests);
+        for entry in &stored.entries {
+            verifier.check_entry(entry);
+        }
+        verifier.finish(&stored.head, &stored.positions)
+    }
+
+    /// Hashes the history again from `from` on, as someone covering an edit would, and points
+    /// the head at the new end of the chain.
+    fn rehash_from(stored: &mut Stored, from: usize) {
+        let previous = stored.entries[from - 1].entry_hash;
+        stored.head.last_hash = chain::link_all(previous, &mut stored.entries[from..]);
+    }
+
+    #[test]
+    fn a_history_written_by_the_rules_verifies_clean() {
+        let stored = stored();
+        let report = verify(&stored, &[Digest::of(&stored.head)]);
+        assert_eq!(report.problems, Vec::<String>::new());
+        assert_eq!(report.entries_checked, 4);
+        assert_eq!(report.first_bad_sequence, 0);
+        assert_eq!((report.digests_checked, report.digests_failed), (1, 0));
+    }
+
+    #[test]
+    fn a_wrong_running_total_is_found_even_when_the_chain_was_hashed_again() {
+        let mut stored = stored();
+        stored.entries[2].offering_units_after += 1;
+        rehash_from(&mut stored, 2);
+        let report = verify(&stored, &[]);
+        assert_eq!(report.first_bad_sequence, 0, "the chain itself holds");
+        assert_eq!(
+            report.problems,
+            ["sequence 3: offering_units_after is 8 but the history sums to 7"]
+        );
+    }
+
+    #[test]
+    fn an_entry_changed_in_place_breaks_the_chain_at_its_sequence() {
+        let mut stored = stored();
+        stored.entries[1].actor = "someone-else".into();
+        let report = verify(&stored, &[]);
+        assert_eq!(report.first_bad_sequence, 2);
+        assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+        assert!(report.problems[0].starts_with("sequence 2: entry_hash"));
+        assert!(report.problems[1].starts_with("head last_hash"));
+    }
+
+    #[test]
+    fn an_earlier_digest_catches_a_history_hashed_again_after_an_edit() {
+        let mut stored = stored();
+        let mut taken = Digest::of(&stored.head);
+        taken.sequence = 2;
+        taken.entry_hash = stored.entries[1].entry_hash;
+        taken.record_time = Some(stored.entries[1].record_time);
+        stored.entries[1].actor = "someone-else".into();
+        rehash_from(&mut stored, 1);
+        let report = verify(&stored, &[taken]);
+        assert_eq!(report.first_bad_sequence, 0);
+        assert_eq!((report.digests_checked, report.digests_failed), (1, 1));
+    }
+
+    #[test]
+    fn a_missing_entry_is_a_gap_and_the_head_disagrees() {
+        let mut stored = stored();
+        stored.entries.remove(2);
+        let report = verify(&stored, &[]);
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p == "sequence 4 follows 2: not gapless"),
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.first_bad_sequence, 4, "the chain skips an entry too");
+    }
+
+    #[test]
+    fn a_stored_position_that_disagrees_with_the_history_is_reported() {
+        let mut stored = stored();
+        let alice = stored
+            .positions
+            .iter_mut()
+            .find(|p| p.investor_id == "alice")
+            .unwrap();
+        alice.units = 4;
+        let report = verify(&stored, &[]);
+        assert_eq!(
+            report.problems,
+            [
+                "investor \"alice\": position holds 4 units and 0 demand but the history sums to 3 and 0"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_position_over_the_per_investor_cap_in_force_is_reported() {
+        let mut stored = stored();
+        // Bob's 3 made 6: within the offering's 10, over the cap of 5 per investor.
+        let bob = &mut stored.entries[2];
+        bob.units_delta = 6;
+        bob.investor_units_after = 6;
+        for (entry, total) in stored.entries[2..].iter_mut().zip([10, 9]) {
+            entry.offering_units_after = total;
+        }
+        stored.head.subscribed_units = 9;
+        stored.positions.iter_mut().for_each(|p| {
+            if p.investor_id == "bob" {
+                p.units = 6;
+            }
+        });
+        rehash_from(&mut stored, 2);
+        let report = verify(&stored, &[]);
+        assert_eq!(
+            report.problems,
+            ["sequence 3: investor \"bob\" units 6, outside 0..=5"]
+        );
+    }
+
+    #[test]
+    fn a_lifecycle_out_of_order_is_reported() {
+        let mut stored = stored();
+        stored.entries[3].kind = EntryKind::OfferingFinalized;
+        stored.entries[3].investor_id.clear();
+        let report = verify(&stored, &[]);
+        assert!(
+            report.problems.iter().any(|p| p.starts_with(
+                "sequence 4: OfferingFinalized is not allowed after status Some(Open)"
+            )),
+            "{:?}",
+            report.problems
+        );
+    }
+}

@@ -13,10 +13,7 @@ pub fn skip(reason: &str) {
         std::env::var("CI").as_deref() != Ok("true"),
         "under CI=true this test must run, but {reason}"
     );
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("a test")
-        .to_owned();
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
     eprintln!("skipped: {test}: {reason}");
     if let Ok(path) = std::env::var("SUBLEDGER_TEST_SKIPS")
         && let Ok(mut file) = std::fs::OpenOptions::new()

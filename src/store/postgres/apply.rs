@@ -7,9 +7,7 @@ use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::PgStore;
-use crate::ledger::{
-    self, Applied, Entry, Offering, OfferingRequests, Position, Rejection, Results, Timestamp,
-};
+use crate::ledger::{self, Entry, Offering, OfferingRequests, Position, Results, Timestamp};
 use crate::store::rows::{
     EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
     position_columns,
@@ -137,9 +135,8 @@ impl PgStore {
 
     /// One attempt at `apply`, on a connection of its own. With `known_new` the request_ids are
     /// taken to be new (true but for retries) and not looked up; the attempt is then abandoned
-    /// (None) if the history insert found one recorded after all, or if a rule refused a
-    /// request: a refusal may be a replay in disguise (a retried Subscribe after the offering
-    /// sold out).
+    /// (None) if the history insert found one recorded after all, or if the ledger says the
+    /// results cannot stand without the lookup (`idempotency::presumed_new_stands`).
     pub(super) async fn apply_attempt(
         &self,
         work: &[OfferingRequests],
@@ -167,8 +164,7 @@ impl PgStore {
         };
         let now = now.unwrap_or_else(crate::store::now);
         let (results, writes) = ledger::apply_all(work, heads, positions, recorded, now);
-        let refused = |r: &Result<Applied, Rejection>| matches!(r, Err(e) if !matches!(e, Rejection::OfferingNotFound { .. }));
-        if known_new && results.iter().flatten().any(refused) {
+        if known_new && !ledger::idempotency::presumed_new_stands(results.iter().flatten()) {
             self.bounded(tx.rollback()).await?;
             return Ok(None);
         }

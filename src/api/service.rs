@@ -1,0 +1,89 @@
+//! The service's state: the store, the group committer, and what bounds the work callers can
+//! make one process do (watch streams, verifications). Handlers reach it as `service`; the
+//! tonic trait impl in `mod.rs` hands each RPC to its handler.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use super::auth;
+use super::call::Call;
+use super::error::ApiError;
+use super::watch;
+use crate::group_commit::GroupCommitter;
+use crate::ledger;
+use crate::store::Store;
+use crate::telemetry::metrics;
+
+/// VerifyOffering calls running at once per process. Each holds a pooled connection for as long
+/// as it reads the offering's whole history (seconds at a million entries); more at once would
+/// take the pool from the writes. Others wait their turn, holding no connection.
+pub const VERIFY_RUNNING_MAX: usize = 2;
+/// VerifyOffering calls running or waiting per process; past it a call is refused.
+pub const VERIFY_ADMITTED_MAX: usize = 64;
+
+/// Bounds on what callers can make one process hold.
+#[derive(Clone, Copy, Debug)]
+pub struct ServiceLimits {
+    /// WatchHistory streams open at once.
+    pub max_watch_streams: usize,
+}
+
+/// The SubscriptionLedger service, one per process, shared by every connection.
+pub struct LedgerService<S> {
+    pub(super) store: S,
+    pub(super) committer: GroupCommitter<S>,
+    /// Cancelled when the server shuts down: ends the WatchHistory streams, which would
+    /// otherwise hold a graceful shutdown open forever.
+    pub(super) shutdown: CancellationToken,
+    pub(super) watch_streams: Arc<Semaphore>,
+    pub(super) max_watch_streams: usize,
+    /// The shared reader of each offering watched on this process.
+    pub(super) watch_hub: watch::hub::WatchHub<S>,
+    pub(super) verifications_admitted: Semaphore,
+    pub(super) verifications_running: Semaphore,
+    /// Each RPC's metric handles, registered once.
+    rpc_metrics: std::collections::HashMap<&'static str, metrics::RpcMetrics>,
+}
+
+impl<S: Store> LedgerService<S> {
+    pub fn new(store: S, limits: ServiceLimits, shutdown: CancellationToken) -> Self {
+        Self {
+            committer: GroupCommitter::new(store.clone()),
+            watch_hub: watch::hub::WatchHub::new(store.clone()),
+            store,
+            shutdown,
+            watch_streams: Arc::new(Semaphore::new(limits.max_watch_streams)),
+            max_watch_streams: limits.max_watch_streams,
+            verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
+            verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
+            rpc_metrics: auth::RPC_ROLES
+                .iter()
+                .map(|(method, _)| (*method, metrics::RpcMetrics::new(method)))
+                .collect(),
+        }
+    }
+
+    /// A call's span and metric handles (registered once per RPC, at start-up).
+    pub(super) fn call(&self, method: &'static str, offering_id: &str, request_id: &str) -> Call {
+        let metrics = match self.rpc_metrics.get(method) {
+            Some(metrics) => metrics.clone(),
+            None => metrics::RpcMetrics::new(method),
+        };
+        Call::new(method, offering_id, request_id, metrics)
+    }
+
+    /// The offering's head, or OFFERING_NOT_FOUND.
+    pub(super) async fn require_offering(
+        &self,
+        offering_id: &str,
+    ) -> Result<ledger::Offering, ApiError> {
+        self.store.get_offering(offering_id).await?.ok_or_else(|| {
+            ledger::Rejection::OfferingNotFound {
+                offering_id: offering_id.to_owned(),
+            }
+            .into()
+        })
+    }
+}
