@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::process::{ServerProcess, free_address};
 use common::{Client, Watching, full_history, offering, subscribe};
+use subledger_client::{Ledger, RetryPolicy};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -158,10 +159,10 @@ impl Acks {
     }
 }
 
-/// One client: Subscribes one unit at a time with a new request_id, retrying the same
-/// request_id on UNAVAILABLE, ABORTED or DEADLINE_EXCEEDED, until `stop`.
+/// One client: Subscribes one unit at a time with a new request_id, through subledger-client
+/// (which retries it with the same request_id), until `stop`.
 async fn client_loop(
-    mut client: Client,
+    ledger: Ledger,
     name: String,
     offering_id: String,
     acks: Arc<Acks>,
@@ -171,29 +172,37 @@ async fn client_loop(
     while !stop.load(Ordering::Relaxed) {
         n += 1;
         let request_id = format!("{name}-{n}");
+        // The client retries with this request_id within its deadline; past it, the service
+        // does what a service would: it calls again with the same request_id.
         loop {
-            let mut request = tonic::Request::new(subscribe(&offering_id, &name, 1, &request_id));
-            request.set_timeout(CALL_TIMEOUT);
-            match client.subscribe(request).await {
+            match ledger
+                .subscribe(subscribe(&offering_id, &name, 1, &request_id))
+                .await
+            {
                 Ok(_) => {
                     acks.at.lock().unwrap().push((request_id, Instant::now()));
                     break;
                 }
-                Err(status)
+                Err(error)
                     if matches!(
-                        status.code(),
-                        Code::Unavailable
-                            | Code::Aborted
-                            | Code::DeadlineExceeded
-                            | Code::Cancelled
-                    ) =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(status) => panic!("{request_id}: unexpected {status:?}"),
+                        error.code(),
+                        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+                    ) => {}
+                Err(error) => panic!("{request_id}: unexpected {error:?}"),
             }
         }
     }
+}
+
+/// The replica's health status now.
+async fn serving_status(health: &mut HealthClient<tonic::transport::Channel>) -> ServingStatus {
+    let status = health
+        .check(HealthCheckRequest::default())
+        .await
+        .expect("health")
+        .into_inner()
+        .status;
+    ServingStatus::try_from(status).expect("a known serving status")
 }
 
 /// Polls a replica's health every 100 ms until `stop`; returns each status it saw change to.
@@ -242,9 +251,20 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let mut clients = Vec::new();
         for n in 0..CLIENTS {
-            let client = replicas[n % replicas.len()].client().await;
+            // Each client on one replica, as a service's pod talks to the one behind its
+            // Service address: losing the primary must not need another replica.
+            let ledger =
+                Ledger::builder([format!("http://{}", replicas[n % replicas.len()].address)])
+                    .retry_policy(RetryPolicy {
+                        attempts_max: u32::MAX,
+                        attempt_timeout: CALL_TIMEOUT,
+                        deadline: RESUME_WITHIN,
+                        ..RetryPolicy::default()
+                    })
+                    .build()
+                    .expect("client");
             clients.push(tokio::spawn(client_loop(
-                client,
+                ledger,
                 format!("investor-{n}"),
                 offering_id.into(),
                 acks.clone(),
@@ -485,13 +505,7 @@ async fn writes_resume_within_two_seconds_of_a_long_partition_healing() {
             ),
             Ok(_) => panic!("a write succeeded through the partition"),
         }
-        let status = health
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        not_serving |= status == ServingStatus::NotServing as i32;
+        not_serving |= serving_status(&mut health).await == ServingStatus::NotServing;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
@@ -501,36 +515,35 @@ async fn writes_resume_within_two_seconds_of_a_long_partition_healing() {
     drop(blackhole);
     let healed = Instant::now();
     // The same request_id as the last call during the cut: it may have reached the database.
-    let recovered = loop {
-        if call(&mut client, n).await.is_ok() {
-            break healed.elapsed();
-        }
-        assert!(
-            healed.elapsed() < Duration::from_secs(60),
-            "writes did not resume within 60 s of the heal"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let recovered = common::eventually(
+        "writes resuming after the heal",
+        Duration::from_secs(60),
+        || {
+            let written = call(&mut client, n);
+            async move {
+                written
+                    .await
+                    .map(|_| healed.elapsed())
+                    .map_err(|s| s.code())
+            }
+        },
+    )
+    .await;
     eprintln!("partition of {PARTITION:?}: writes back {recovered:?} after the heal");
     assert!(
         recovered <= Duration::from_secs(2),
         "writes came back {recovered:?} after the heal; the target is 2 s"
     );
-    let mut serving = false;
-    for _ in 0..50 {
-        let status = health
-            .check(HealthCheckRequest::default())
-            .await
-            .expect("health")
-            .into_inner()
-            .status;
-        if status == ServingStatus::Serving as i32 {
-            serving = true;
-            break;
+    common::eventually("SERVING after the heal", Duration::from_secs(5), || {
+        let mut health = health.clone();
+        async move {
+            match serving_status(&mut health).await {
+                ServingStatus::Serving => Ok(()),
+                other => Err(other),
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(serving, "health did not return to SERVING after the heal");
+    })
+    .await;
     let history = full_history(&mut client, "cut").await;
     let ids: HashSet<&str> = history.iter().map(|e| e.request_id.as_str()).collect();
     assert_eq!(ids.len(), history.len(), "a request_id recorded twice");

@@ -145,11 +145,11 @@ pub fn applied(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::examples;
+    use crate::ledger::testing::every_field;
 
     #[test]
     fn a_timestamp_keeps_its_seconds_and_nanoseconds() {
-        let converted = timestamp(examples::time(0));
+        let converted = timestamp(every_field::time(0));
         assert_eq!(converted.seconds, 1_700_000_000);
         assert_eq!(converted.nanos, 123_456_000);
         // Before 1970 the seconds round down and the nanoseconds stay positive, as in the proto.
@@ -197,9 +197,9 @@ mod tests {
 
     #[test]
     fn an_offering_carries_every_field_and_its_remaining_units() {
-        let time = |seconds| Some(timestamp(examples::time(seconds)));
+        let time = |seconds| Some(timestamp(every_field::time(seconds)));
         assert_eq!(
-            offering(examples::offering()),
+            offering(every_field::offering()),
             proto::Offering {
                 offering_id: "tower-7".into(),
                 name: "Tower 7".into(),
@@ -225,9 +225,9 @@ mod tests {
 
     #[test]
     fn an_entry_carries_every_field_and_both_terms() {
-        let time = |seconds| Some(timestamp(examples::time(seconds)));
+        let time = |seconds| Some(timestamp(every_field::time(seconds)));
         assert_eq!(
-            entry(examples::entry()),
+            entry(every_field::entry()),
             proto::HistoryEntry {
                 offering_id: "tower-7".into(),
                 sequence: 9,
@@ -262,7 +262,7 @@ mod tests {
         let plain = Entry {
             terms_before: None,
             terms_after: None,
-            ..examples::entry()
+            ..every_field::entry()
         };
         let converted = entry(plain);
         assert_eq!(
@@ -274,18 +274,18 @@ mod tests {
     #[test]
     fn a_position_carries_every_field_but_its_first_sequence() {
         assert_eq!(
-            position(examples::position()),
+            position(every_field::position()),
             proto::Position {
                 offering_id: "tower-7".into(),
                 investor_id: "alice".into(),
                 units: 17,
-                update_time: Some(timestamp(examples::time(6))),
+                update_time: Some(timestamp(every_field::time(6))),
                 demanded_units: 13,
             }
         );
         let never_held = Position {
             update_time: None,
-            ..examples::position()
+            ..every_field::position()
         };
         assert_eq!(position(never_held).update_time, None);
     }
@@ -296,7 +296,7 @@ mod tests {
             offering_id: "tower-7".into(),
             sequence: 9,
             entry_hash: [9; 32],
-            record_time: Some(examples::time(5)),
+            record_time: Some(every_field::time(5)),
         };
         assert_eq!(
             digest(kept.clone()),
@@ -304,7 +304,7 @@ mod tests {
                 offering_id: "tower-7".into(),
                 sequence: 9,
                 entry_hash: vec![9; 32],
-                record_time: Some(timestamp(examples::time(5))),
+                record_time: Some(timestamp(every_field::time(5))),
             }
         );
         let hash_only = Digest {
@@ -317,17 +317,17 @@ mod tests {
     #[test]
     fn an_applied_request_answers_with_its_entry_offering_position_and_replay() {
         let applied_request = Applied {
-            entry: examples::entry(),
-            offering: examples::offering(),
-            position: Some(examples::position()),
+            entry: every_field::entry(),
+            offering: every_field::offering(),
+            position: Some(every_field::position()),
             replayed: true,
         };
         assert_eq!(
             applied(applied_request),
             (
-                Some(entry(examples::entry())),
-                Some(offering(examples::offering())),
-                Some(position(examples::position())),
+                Some(entry(every_field::entry())),
+                Some(offering(every_field::offering())),
+                Some(position(every_field::position())),
                 true,
             )
         );

@@ -18,16 +18,38 @@ use crate::proto;
 use crate::store::Store;
 
 /// A mutating RPC's request, as the shared mutation path needs it.
-pub(super) trait MutationRequest: Send + 'static {
+pub(super) trait MutationRequest: Addressed + Send + 'static {
     /// The RPC's name, as in the span, the metrics and `auth::RPC_ROLES`.
     const METHOD: &'static str;
     type Reply: Send;
-    /// offering_id and request_id as sent, for the span: it is opened before validation.
-    fn ids(&self) -> (&str, &str);
     /// The request validated, in the order that decides which field a caller hears of first.
     fn into_mutation(self) -> Result<Mutation, ApiError>;
     fn reply(applied: Applied) -> Self::Reply;
 }
+
+/// offering_id and request_id as sent, for the span: it is opened before validation.
+pub(super) trait Addressed {
+    fn ids(&self) -> (&str, &str);
+}
+
+macro_rules! addressed {
+    ($($message:ty),+) => {$(
+        impl Addressed for $message {
+            fn ids(&self) -> (&str, &str) {
+                (&self.offering_id, &self.request_id)
+            }
+        }
+    )+};
+}
+
+addressed!(
+    proto::SubscribeRequest,
+    proto::CancelRequest,
+    proto::CloseOfferingRequest,
+    proto::FinalizeOfferingRequest,
+    proto::AllocateOfferingRequest,
+    proto::AmendOfferingRequest
+);
 
 /// A validated mutation: the command and the offering and request_id it applies under.
 pub(super) struct Mutation {
@@ -97,10 +119,6 @@ macro_rules! investor_mutation {
             const METHOD: &'static str = $method;
             type Reply = proto::$reply;
 
-            fn ids(&self) -> (&str, &str) {
-                (&self.offering_id, &self.request_id)
-            }
-
             fn into_mutation(self) -> Result<Mutation, ApiError> {
                 validate::id("offering_id", &self.offering_id)?;
                 validate::id("investor_id", &self.investor_id)?;
@@ -141,10 +159,6 @@ macro_rules! status_change {
             const METHOD: &'static str = $method;
             type Reply = proto::Offering;
 
-            fn ids(&self) -> (&str, &str) {
-                (&self.offering_id, &self.request_id)
-            }
-
             fn into_mutation(self) -> Result<Mutation, ApiError> {
                 validate::id("offering_id", &self.offering_id)?;
                 validate::not_negative("expected_version", self.expected_version)?;
@@ -172,10 +186,6 @@ status_change!("AllocateOffering": proto::AllocateOfferingRequest, Allocate);
 impl MutationRequest for proto::AmendOfferingRequest {
     const METHOD: &'static str = "AmendOffering";
     type Reply = proto::Offering;
-
-    fn ids(&self) -> (&str, &str) {
-        (&self.offering_id, &self.request_id)
-    }
 
     fn into_mutation(self) -> Result<Mutation, ApiError> {
         validate::id("offering_id", &self.offering_id)?;

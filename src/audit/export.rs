@@ -359,7 +359,7 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::ledger::examples;
+    use crate::ledger::testing::every_field;
     use crate::store::STORED_COLUMNS;
 
     /// The columns a line's fields stand for: a nested object's fields are columns of their own
@@ -387,9 +387,9 @@ mod tests {
     fn an_export_carries_every_stored_column() {
         let mut out = Vec::new();
         let mut writer = ExportWriter::new(&mut out);
-        writer.head(&examples::offering());
-        writer.entry(&examples::entry());
-        writer.positions(vec![examples::position()]);
+        writer.head(&every_field::offering());
+        writer.entry(&every_field::entry());
+        writer.positions(vec![every_field::position()]);
         assert_eq!(writer.finish().unwrap(), 3);
         let lines: Vec<serde_json::Value> = String::from_utf8(out)
             .unwrap()

@@ -10,13 +10,11 @@ pub mod allocation;
 mod apply;
 pub mod chain;
 mod command;
-#[cfg(test)]
-pub(crate) mod examples;
 pub mod idempotency;
 pub mod limits;
 mod outcome;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod types;
 pub mod verify;
 

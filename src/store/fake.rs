@@ -16,7 +16,7 @@ use tokio::sync::{Semaphore, broadcast};
 use super::{Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store, StoreError};
 use crate::ledger::{
     CreateOutcome, Entry, EntryKind, NewOffering, Offering, OfferingRequests, Position, Rejection,
-    Results, examples,
+    Results, testing::every_field,
 };
 
 /// What the fake's next transaction does instead of applying nothing.
@@ -85,7 +85,7 @@ impl FakeStore {
             sequence,
             kind: EntryKind::Subscribed,
             request_id: format!("r{sequence}"),
-            ..examples::entry()
+            ..every_field::entry()
         });
         sequence
     }

@@ -270,7 +270,7 @@ pub fn into_offerings(rows: Vec<HeadRow>) -> Result<Vec<Offering>, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::examples;
+    use crate::ledger::testing::every_field;
     use crate::store::columns::{Selection, names};
 
     fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
@@ -282,7 +282,7 @@ mod tests {
 
     #[test]
     fn an_offering_reads_back_as_it_was_written() {
-        let offering = examples::offering();
+        let offering = every_field::offering();
         let row = HeadRow::from(&offering);
         row.require_chained().unwrap();
         assert_eq!(Offering::try_from(row).unwrap(), offering);
@@ -290,11 +290,11 @@ mod tests {
 
     #[test]
     fn an_entry_reads_back_as_it_was_written_with_or_without_terms() {
-        let amended = examples::entry();
+        let amended = every_field::entry();
         assert_eq!(Entry::try_from(EntryRow::from(&amended)).unwrap(), amended);
         let created = Entry {
             terms_before: None,
-            ..examples::entry()
+            ..every_field::entry()
         };
         assert_eq!(Entry::try_from(EntryRow::from(&created)).unwrap(), created);
         let subscribed = Entry {
@@ -309,13 +309,13 @@ mod tests {
 
     #[test]
     fn a_position_reads_back_as_it_was_written() {
-        let position = examples::position();
+        let position = every_field::position();
         assert_eq!(Position::from(PositionRow::from(&position)), position);
     }
 
     #[test]
     fn terms_read_as_none_unless_their_name_and_caps_are_all_there() {
-        let mut row = EntryRow::from(&examples::entry());
+        let mut row = EntryRow::from(&every_field::entry());
         row.before_max_units = None;
         row.after_name = None;
         let entry = Entry::try_from(row).unwrap();
@@ -327,7 +327,7 @@ mod tests {
         for status in [0, 5, -1] {
             let row = HeadRow {
                 status,
-                ..HeadRow::from(&examples::offering())
+                ..HeadRow::from(&every_field::offering())
             };
             let what = corrupt(Offering::try_from(row));
             assert_eq!(what, format!("offering \"tower-7\" has status {status}"));
@@ -335,7 +335,7 @@ mod tests {
         for allocation in [0, 3] {
             let row = HeadRow {
                 allocation,
-                ..HeadRow::from(&examples::offering())
+                ..HeadRow::from(&every_field::offering())
             };
             let what = corrupt(Offering::try_from(row));
             assert_eq!(
@@ -346,7 +346,7 @@ mod tests {
         for kind in [0, 8] {
             let row = EntryRow {
                 kind,
-                ..EntryRow::from(&examples::entry())
+                ..EntryRow::from(&every_field::entry())
             };
             let what = corrupt(Entry::try_from(row));
             assert_eq!(what, format!("entry \"tower-7\"#9 has kind {kind}"));
@@ -358,7 +358,7 @@ mod tests {
         for length in [0, 31, 33] {
             let head = HeadRow {
                 last_hash: Some(vec![7; length]),
-                ..HeadRow::from(&examples::offering())
+                ..HeadRow::from(&every_field::offering())
             };
             let what = corrupt(Offering::try_from(head));
             assert!(
@@ -367,7 +367,7 @@ mod tests {
             );
             let entry = EntryRow {
                 entry_hash: Some(vec![9; length]),
-                ..EntryRow::from(&examples::entry())
+                ..EntryRow::from(&every_field::entry())
             };
             let what = corrupt(Entry::try_from(entry));
             assert!(
@@ -383,20 +383,20 @@ mod tests {
     fn what_the_chain_has_not_reached_is_read_only_where_it_may_be() {
         let entry = EntryRow {
             entry_hash: None,
-            ..EntryRow::from(&examples::entry())
+            ..EntryRow::from(&every_field::entry())
         };
         let (unhashed, hashed) = entry.into_entry().unwrap();
         assert!(!hashed);
         assert_eq!(unhashed.entry_hash, [0; 32]);
         let entry = EntryRow {
             entry_hash: None,
-            ..EntryRow::from(&examples::entry())
+            ..EntryRow::from(&every_field::entry())
         };
         assert!(corrupt(Entry::try_from(entry)).contains("has no entry_hash"));
 
         let head = HeadRow {
             last_hash: None,
-            ..HeadRow::from(&examples::offering())
+            ..HeadRow::from(&every_field::offering())
         };
         assert!(corrupt(head.require_chained()).contains("has no last_hash"));
         assert_eq!(Offering::try_from(head).unwrap().last_hash, [0; 32]);

@@ -5,7 +5,8 @@
 //!   token; cheap to clone and share between tasks.
 //! - Safe retries: every mutation carries a `request_id`, made here (a UUID v4) unless the
 //!   caller gives one, and kept across its retries, so a retry after UNAVAILABLE (including
-//!   COMMIT_OUTCOME_UNKNOWN: the commit's fate is unknown) or DEADLINE_EXCEEDED replays instead
+//!   COMMIT_OUTCOME_UNKNOWN: the commit's fate is unknown), DEADLINE_EXCEEDED or CANCELLED (an
+//!   attempt's grpc-timeout expiring on the server) replays instead
 //!   of applying twice. CreateOffering without an `offering_id` gets one made here before the
 //!   first attempt, so a retry cannot create a second offering. Retries back off exponentially
 //!   ([`RetryPolicy`]) within the caller's overall deadline.

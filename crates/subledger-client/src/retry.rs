@@ -1,6 +1,7 @@
 //! When and how a call is tried again: on UNAVAILABLE (a replica down or stopping, the database
-//! unavailable, or COMMIT_OUTCOME_UNKNOWN) and on DEADLINE_EXCEEDED of one attempt, with
-//! exponential backoff, never past the call's overall deadline.
+//! unavailable, or COMMIT_OUTCOME_UNKNOWN), on DEADLINE_EXCEEDED of one attempt, and on
+//! CANCELLED (what a tonic server answers when an attempt's grpc-timeout expires before the
+//! handler does), with exponential backoff, never past the call's overall deadline.
 //!
 //! Retrying a mutation is safe only because the request is built once, with its request_id (and
 //! a CreateOffering's offering_id) filled in before the first attempt: every attempt sends the
@@ -57,7 +58,10 @@ impl RetryPolicy {
 
 /// Whether a failed attempt may be tried again with the same request.
 fn retryable(status: &Status) -> bool {
-    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+    )
 }
 
 /// Runs `attempt(n, timeout)` for n = 0, 1, ... until it succeeds, fails with a status that is
@@ -139,12 +143,13 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn unavailable_and_deadline_exceeded_are_retried_with_the_same_request() {
+    async fn unavailable_deadline_exceeded_and_cancelled_are_retried_with_the_same_request() {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let failures = vec![
             Status::unavailable("connection refused"),
             commit_outcome_unknown(),
             Status::deadline_exceeded("slow replica"),
+            Status::cancelled("Timeout expired"),
         ];
         let started = Instant::now();
         let result = run(
@@ -153,11 +158,11 @@ mod tests {
         )
         .await;
         assert_eq!(result.unwrap(), "done");
-        assert_eq!(*sent.lock().unwrap(), vec!["request_id=r-1"; 4]);
-        // Backoff 50, 100, 200 ms, each jittered to at least half.
+        assert_eq!(*sent.lock().unwrap(), vec!["request_id=r-1"; 5]);
+        // Backoff 50, 100, 200, 400 ms, each jittered to at least half.
         let waited = started.elapsed();
-        assert!(waited >= Duration::from_millis(175), "{waited:?}");
-        assert!(waited <= Duration::from_millis(350), "{waited:?}");
+        assert!(waited >= Duration::from_millis(375), "{waited:?}");
+        assert!(waited <= Duration::from_millis(750), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
