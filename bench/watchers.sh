@@ -35,10 +35,10 @@ for watchers in $watcher_counts; do
   PGOPTIONS='-c client_min_messages=warning' psql -q "$pg_url" \
     -c 'DROP DATABASE IF EXISTS subledger_watch_bench WITH (FORCE)' -c 'CREATE DATABASE subledger_watch_bench'
   url=${pg_url%/*}/subledger_watch_bench
-  # A stream needs a place under --max-watch-streams.
+  # A stream needs a place under --max-watch-streams, and all come from one peer.
   max_watch_streams=$(( watchers > 1000 ? watchers : 1000 ))
   RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --database-url "$url" \
-    --max-watch-streams "$max_watch_streams" --metrics-listen "127.0.0.1:$metrics_port" &
+    --max-watch-streams "$max_watch_streams" --max-watch-streams-per-principal "$max_watch_streams" --metrics-listen "127.0.0.1:$metrics_port" &
   pid=$!
   for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
   idle=$(rss_mb "$pid" VmRSS)

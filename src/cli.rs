@@ -128,8 +128,12 @@ struct ServeArgs {
     #[arg(long, env = "SUBLEDGER_IDLE_TIMEOUT", default_value = "60s", value_parser = subledger_client::duration::parse)]
     idle_timeout: Duration,
     /// WatchHistory streams open at once on this process.
-    #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = 1_000)]
+    #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS", default_value_t = ServiceLimits::default().max_watch_streams)]
     max_watch_streams: usize,
+    /// WatchHistory streams one principal may hold open on this process; anonymous callers
+    /// are counted per peer address, so those behind one proxy share one quota.
+    #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS_PER_PRINCIPAL", default_value_t = ServiceLimits::default().max_watch_streams_per_principal)]
+    max_watch_streams_per_principal: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -495,6 +499,7 @@ fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<S
         },
         service: ServiceLimits {
             max_watch_streams: args.max_watch_streams,
+            max_watch_streams_per_principal: args.max_watch_streams_per_principal,
         },
         metrics_listener: None,
     })

@@ -28,7 +28,10 @@ fn config(
             idle_timeout,
             handshake_timeout: Duration::from_secs(10),
         },
-        service: ServiceLimits { max_watch_streams },
+        service: ServiceLimits {
+            max_watch_streams,
+            max_watch_streams_per_principal: max_watch_streams,
+        },
         ..ServerConfig::default()
     }
 }
@@ -241,18 +244,131 @@ async fn watch_streams_past_the_limit_are_refused(db: TestDb) {
     get_offering_works(&server).await;
     // A stream that ends gives its place back.
     drop(first);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match client.watch_history(watch()).await {
-            Ok(_) => break,
-            Err(status)
-                if status.code() == Code::ResourceExhausted && Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("the freed place was not given back: {status:?}"),
+    common::eventually("the freed place given back", Duration::from_secs(5), || {
+        let mut client = client.clone();
+        async move {
+            client
+                .watch_history(watch())
+                .await
+                .map(drop)
+                .map_err(|s| s.code())
         }
+    })
+    .await;
+}
+
+fn watch_deal() -> proto::WatchHistoryRequest {
+    proto::WatchHistoryRequest {
+        offering_id: "deal".into(),
+        after_sequence: 0,
     }
+}
+
+/// One anonymous peer holding its quota of streams does not stop another peer from watching.
+async fn one_peer_cannot_take_every_watch_stream(db: TestDb) {
+    let mut limits = config(10_000, Duration::from_secs(60), 10);
+    limits.service.max_watch_streams_per_principal = 3;
+    let server = db.start_server_with(limits).await;
+    let mut greedy = server.client().await;
+    greedy
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(greedy.watch_history(watch_deal()).await.unwrap());
+    }
+    let status = assert_status(
+        greedy.watch_history(watch_deal()).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_WATCH_STREAMS_FOR_PRINCIPAL",
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(details.error_info().unwrap().metadata["limit"], "3");
+    let mut other = client_from("127.0.0.2".parse().unwrap(), &server).await;
+    other
+        .watch_history(watch_deal())
+        .await
+        .expect("another peer watches");
+}
+
+/// Run by `a_killed_clients_streams_are_freed_within_two_seconds` as a child process, which
+/// it kills: opens SUBLEDGER_TEST_HOLD_STREAMS streams to SUBLEDGER_TEST_HOLD_ADDRESS, prints
+/// "holding", and waits. Does nothing when run by hand.
+#[tokio::test]
+#[ignore = "a child process of a_killed_clients_streams_are_freed_within_two_seconds"]
+async fn hold_watch_streams_until_killed() {
+    let (Ok(address), Ok(count)) = (
+        std::env::var("SUBLEDGER_TEST_HOLD_ADDRESS"),
+        std::env::var("SUBLEDGER_TEST_HOLD_STREAMS"),
+    ) else {
+        return;
+    };
+    let mut client = common::connect(address.parse().unwrap()).await;
+    let mut held = Vec::new();
+    for _ in 0..count.parse::<usize>().unwrap() {
+        held.push(client.watch_history(watch_deal()).await.unwrap());
+    }
+    println!("holding");
+    std::future::pending::<()>().await;
+}
+
+/// A client process killed with its streams open (the kernel closes its sockets; no
+/// RST_STREAM is sent) gives their places back within 2 s.
+async fn a_killed_clients_streams_are_freed_within_two_seconds(db: TestDb) {
+    use std::io::BufRead;
+    let mut limits = config(10_000, Duration::from_secs(60), 1_000);
+    limits.service.max_watch_streams_per_principal = 50;
+    let server = db.start_server_with(limits).await;
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hold_watch_streams_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("SUBLEDGER_TEST_HOLD_ADDRESS", server.address.to_string())
+        .env("SUBLEDGER_TEST_HOLD_STREAMS", "50")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the holding child");
+    let stdout = child.stdout.take().unwrap();
+    let holding = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .any(|line| line.is_ok_and(|line| line.contains("holding")))
+    });
+    assert!(holding.await.unwrap(), "the child never held its streams");
+    // The child and this client are one anonymous peer: its quota is full.
+    assert_status(
+        client.watch_history(watch_deal()).await,
+        Code::ResourceExhausted,
+        "TOO_MANY_WATCH_STREAMS_FOR_PRINCIPAL",
+    );
+    child.kill().expect("kill -9 the child");
+    child.wait().unwrap();
+    let killed = Instant::now();
+    common::eventually(
+        "the killed client's places given back",
+        Duration::from_secs(2),
+        || {
+            let mut client = client.clone();
+            async move {
+                client
+                    .watch_history(watch_deal())
+                    .await
+                    .map(drop)
+                    .map_err(|s| s.code())
+            }
+        },
+    )
+    .await;
+    eprintln!("places given back {:?} after the kill", killed.elapsed());
 }
 
 /// An offering with `entries` history entries, written straight into the database (consistent
@@ -438,6 +554,8 @@ backend_tests!(
     one_peer_cannot_take_every_connection,
     silent_and_dripping_handshakes_do_not_hold_slots,
     watch_streams_past_the_limit_are_refused,
+    one_peer_cannot_take_every_watch_stream,
+    a_killed_clients_streams_are_freed_within_two_seconds,
     verifications_are_bounded_and_reads_stay_fast,
     malformed_bodies_are_invalid_argument,
     oversize_messages_and_headers_are_refused_by_name,

@@ -4,6 +4,7 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use super::call::traced;
 use super::convert;
 use super::error::ApiError;
@@ -188,43 +189,39 @@ pub(super) async fn watch_history<S: Store>(
     service: &LedgerService<S>,
     request: Request<proto::WatchHistoryRequest>,
 ) -> Result<Response<watch::HistoryStream>, Status> {
+    let principal = auth::actor(&request);
+    let peer = request.remote_addr();
     let r = request.into_inner();
-    traced(service.call("WatchHistory", &r.offering_id, ""), async move {
-        validate::id("offering_id", &r.offering_id)?;
-        validate::not_negative("after_sequence", r.after_sequence)?;
-        if service.shutdown.is_cancelled() {
-            return Err(ApiError::ShuttingDown);
-        }
-        let permit = service.watch_streams.clone().try_acquire_owned().map_err(|_| {
-            ApiError::LimitReached {
-                reason: "TOO_MANY_WATCH_STREAMS",
-                limit: service.max_watch_streams as u64,
-                message: format!(
-                    "{} WatchHistory streams are open on this replica, the most it serves; retry later or on another replica",
-                    service.max_watch_streams
-                ),
+    traced(
+        service.call("WatchHistory", &r.offering_id, ""),
+        async move {
+            validate::id("offering_id", &r.offering_id)?;
+            validate::not_negative("after_sequence", r.after_sequence)?;
+            if service.shutdown.is_cancelled() {
+                return Err(ApiError::ShuttingDown);
             }
-        })?;
-        let offering = service.require_offering(&r.offering_id).await?;
-        // Past the last entry the stream could miss OFFERING_FINALIZED and never end.
-        if r.after_sequence > offering.version {
-            return Err(ApiError::invalid(
-                "after_sequence",
-                format!(
-                    "is {}, past the offering's last entry ({})",
-                    r.after_sequence, offering.version
-                ),
-            ));
-        }
-        Ok(watch::spawn(
-            &service.watch_hub,
-            service.store.clone(),
-            offering,
-            r.after_sequence,
-            permit,
-            service.shutdown.clone(),
-        ))
-    })
+            let slot = service.watch_slots.take(&principal, peer.map(|a| a.ip()))?;
+            let offering = service.require_offering(&r.offering_id).await?;
+            // Past the last entry the stream could miss OFFERING_FINALIZED and never end.
+            if r.after_sequence > offering.version {
+                return Err(ApiError::invalid(
+                    "after_sequence",
+                    format!(
+                        "is {}, past the offering's last entry ({})",
+                        r.after_sequence, offering.version
+                    ),
+                ));
+            }
+            Ok(watch::spawn(
+                &service.watch_hub,
+                service.store.clone(),
+                offering,
+                r.after_sequence,
+                slot,
+                service.shutdown.clone(),
+            ))
+        },
+    )
     .await
 }
 

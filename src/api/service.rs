@@ -2,8 +2,6 @@
 //! make one process do (watch streams, verifications). Handlers reach it as `service`; the
 //! tonic trait impl in `mod.rs` hands each RPC to its handler.
 
-use std::sync::Arc;
-
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +26,18 @@ pub const VERIFY_ADMITTED_MAX: usize = 64;
 pub struct ServiceLimits {
     /// WatchHistory streams open at once.
     pub max_watch_streams: usize,
+    /// WatchHistory streams one principal (or, anonymous, one peer address) may hold open.
+    pub max_watch_streams_per_principal: usize,
+}
+
+impl Default for ServiceLimits {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            max_watch_streams: 1_000,
+            max_watch_streams_per_principal: 100,
+        }
+    }
 }
 
 /// The SubscriptionLedger service, one per process, shared by every connection.
@@ -37,8 +47,7 @@ pub struct LedgerService<S> {
     /// Cancelled when the server shuts down: ends the WatchHistory streams, which would
     /// otherwise hold a graceful shutdown open forever.
     pub(super) shutdown: CancellationToken,
-    pub(super) watch_streams: Arc<Semaphore>,
-    pub(super) max_watch_streams: usize,
+    pub(super) watch_slots: watch::slots::WatchSlots,
     /// The shared reader of each offering watched on this process.
     pub(super) watch_hub: watch::hub::WatchHub<S>,
     pub(super) verifications_admitted: Semaphore,
@@ -54,8 +63,10 @@ impl<S: Store> LedgerService<S> {
             watch_hub: watch::hub::WatchHub::new(store.clone()),
             store,
             shutdown,
-            watch_streams: Arc::new(Semaphore::new(limits.max_watch_streams)),
-            max_watch_streams: limits.max_watch_streams,
+            watch_slots: watch::slots::WatchSlots::new(
+                limits.max_watch_streams,
+                limits.max_watch_streams_per_principal,
+            ),
             verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
             verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
             rpc_metrics: auth::RPC_ROLES

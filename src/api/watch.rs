@@ -7,11 +7,12 @@
 //! every entry reaches it once, in sequence order, and a slow stream holds up no other.
 
 pub mod hub;
+pub mod slots;
 
 use std::pin::Pin;
 
 use futures::Stream;
-use tokio::sync::{OwnedSemaphorePermit, broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -21,8 +22,9 @@ use super::error::ApiError;
 use crate::ledger::{EntryKind, Offering, OfferingStatus};
 use crate::proto;
 use crate::store::{HistoryQuery, Store};
-use crate::telemetry::metrics::{WATCH_READS, WATCH_STREAMS};
+use crate::telemetry::metrics::WATCH_READS;
 use hub::{Fed, FedEntry, Following, WatchHub};
+use slots::WatchSlot;
 
 pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<proto::HistoryEntry, Status>> + Send>>;
 
@@ -40,7 +42,7 @@ pub fn spawn<S: Store>(
     store: S,
     offering: Offering,
     after_sequence: i64,
-    permit: OwnedSemaphorePermit,
+    slot: WatchSlot,
     shutdown: CancellationToken,
 ) -> HistoryStream {
     let (sender, receiver) = mpsc::channel(SEND_BUFFER);
@@ -57,7 +59,7 @@ pub fn spawn<S: Store>(
         after_sequence,
         following,
         sender,
-        _slot: WatchSlot::new(permit),
+        _slot: slot,
     };
     tokio::spawn(watcher.run(shutdown));
     Box::pin(ReceiverStream::new(receiver))
@@ -71,26 +73,8 @@ struct Watcher<S> {
     after_sequence: i64,
     following: Following,
     sender: mpsc::Sender<Result<proto::HistoryEntry, Status>>,
-    /// This stream's place under --max-watch-streams, given back when the watcher ends.
+    /// This stream's place under the watch limits, given back when the watcher ends.
     _slot: WatchSlot,
-}
-
-/// A place among the open watch streams, counted in the metrics while held.
-struct WatchSlot {
-    _permit: OwnedSemaphorePermit,
-}
-
-impl WatchSlot {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
-        metrics::gauge!(WATCH_STREAMS).increment(1);
-        Self { _permit: permit }
-    }
-}
-
-impl Drop for WatchSlot {
-    fn drop(&mut self) {
-        metrics::gauge!(WATCH_STREAMS).decrement(1);
-    }
 }
 
 /// Why a watch stops.

@@ -58,9 +58,7 @@ impl Default for ServerConfig {
                 idle_timeout: Duration::from_secs(60),
                 handshake_timeout: Duration::from_secs(10),
             },
-            service: ServiceLimits {
-                max_watch_streams: 1_000,
-            },
+            service: ServiceLimits::default(),
             metrics_listener: None,
         }
     }
