@@ -275,9 +275,9 @@ async fn migrate_creates_the_embedded_database() {
     );
 }
 
-#[tokio::test]
-async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
-    let dir = tempfile::tempdir().unwrap();
+/// `subledger serve` on SQLite in `dir`, logging JSON at debug to a pipe that
+/// [`stop_and_read_json_logs`] reads.
+fn serve_with_json_logs(dir: &std::path::Path) -> ServerProcess {
     let address = free_address();
     let child = Command::new(BINARY)
         .args([
@@ -287,7 +287,7 @@ async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
             "--listen",
             &address.to_string(),
         ])
-        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .args(["--data-dir", dir.to_str().unwrap()])
         .env_remove("DATABASE_URL")
         .env("RUST_LOG", "subledger=debug")
         .stdout(Stdio::null())
@@ -295,7 +295,29 @@ async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let server = ServerProcess { child, address };
+    ServerProcess { child, address }
+}
+
+/// Stops the server with SIGTERM and returns every line it logged, each parsed as JSON.
+async fn stop_and_read_json_logs(server: ServerProcess) -> Vec<serde_json::Value> {
+    server.signal("-TERM");
+    let output = tokio::time::timeout(Duration::from_secs(15), server.child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with_json_logs(dir.path());
     let mut client = server.client().await;
     client
         .create_offering(offering("logged", 10, 0))
@@ -309,19 +331,7 @@ async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
         .subscribe(subscribe("logged", "bob", 7, "req-over"))
         .await
         .unwrap_err();
-    server.signal("-TERM");
-    let output = tokio::time::timeout(Duration::from_secs(15), server.child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(output.status.success());
-
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stderr)
-        .lines()
-        .map(|line| {
-            serde_json::from_str(line).unwrap_or_else(|_| panic!("not a JSON line: {line}"))
-        })
-        .collect();
+    let lines = stop_and_read_json_logs(server).await;
     let call = |request_id: &str| {
         lines
             .iter()
@@ -346,6 +356,82 @@ async fn json_logs_carry_one_line_per_call_with_ids_code_and_latency() {
         (Some("INFO"), Some("FailedPrecondition")),
         "{refused}"
     );
+}
+
+/// A caller's wrong digest is logged at INFO naming the caller, never as an alarm; a stored
+/// history that does not hold is an ERROR, once per offering per minute however often it is
+/// verified.
+#[tokio::test]
+async fn verification_alarms_are_for_stored_history_and_once_a_minute() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve_with_json_logs(dir.path());
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("watched", 10, 0))
+        .await
+        .unwrap();
+    client
+        .subscribe(subscribe("watched", "alice", 4, "s-1"))
+        .await
+        .unwrap();
+    let verify = |digest: Option<subledger::proto::Digest>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .verify_offering(subledger::proto::VerifyOfferingRequest {
+                    offering_id: "watched".into(),
+                    digest,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let forged = subledger::proto::Digest {
+        offering_id: "watched".into(),
+        sequence: 2,
+        entry_hash: vec![0; 32],
+        record_time: None,
+    };
+    for _ in 0..3 {
+        assert_eq!(verify(Some(forged.clone())).await.digest_ok, Some(false));
+    }
+    // An edit of the stored head, as by someone with the database's credentials.
+    let mut sqlite = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("subledger.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE offering_head SET subscribed_units = 5 WHERE offering_id = 'watched'")
+        .execute(&mut sqlite)
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        assert!(!verify(None).await.ok);
+    }
+    let lines = stop_and_read_json_logs(server).await;
+    let with = |level: &str, message: &str| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["level"] == level && l["fields"]["message"].as_str() == Some(message))
+            .cloned()
+            .collect()
+    };
+    let digests = with(
+        "INFO",
+        "a caller's digest does not match the stored history",
+    );
+    assert_eq!(digests.len(), 3, "{lines:?}");
+    assert_eq!(digests[0]["fields"]["principal"], "anonymous");
+    let alarms = with(
+        "ERROR",
+        "offering failed verification: its stored history does not hold",
+    );
+    assert_eq!(alarms.len(), 1, "one alarm a minute: {alarms:?}");
+    assert_eq!(alarms[0]["fields"]["offering_id"], "watched");
+    let errors = lines.iter().filter(|l| l["level"] == "ERROR").count();
+    assert_eq!(errors, 1, "no other ERROR line: {lines:?}");
 }
 
 /// `subledger token new` output: the token on its own line, then the block for the auth file.

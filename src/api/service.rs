@@ -52,6 +52,8 @@ pub struct LedgerService<S> {
     pub(super) watch_hub: watch::hub::WatchHub<S>,
     pub(super) verifications_admitted: Semaphore,
     pub(super) verifications_running: Semaphore,
+    /// When each offering that failed verification last raised an alarm.
+    pub(super) verification_alarms: AlarmThrottle,
     /// Each RPC's metric handles, registered once.
     rpc_metrics: std::collections::HashMap<&'static str, metrics::RpcMetrics>,
 }
@@ -69,6 +71,7 @@ impl<S: Store> LedgerService<S> {
             ),
             verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
             verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
+            verification_alarms: AlarmThrottle::default(),
             rpc_metrics: auth::RPC_ROLES
                 .iter()
                 .map(|(method, _)| (*method, metrics::RpcMetrics::new(method)))
@@ -96,5 +99,49 @@ impl<S: Store> LedgerService<S> {
             }
             .into()
         })
+    }
+}
+
+/// One alarm per key per minute: an offering whose history is broken, verified by everyone
+/// every second, logs one ERROR a minute. Keys are offerings that failed verification, few by
+/// nature; those silent for a minute are forgotten.
+#[derive(Default)]
+pub(super) struct AlarmThrottle {
+    last: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+}
+
+impl AlarmThrottle {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// True if `key` raised no alarm in the last minute; it has now.
+    pub(super) fn first_within_a_minute(&self, key: &str) -> bool {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().expect("alarm throttle lock");
+        last.retain(|_, at| now.duration_since(*at) < Self::EVERY);
+        if last.contains_key(key) {
+            return false;
+        }
+        last.insert(key.to_owned(), now);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alarm_is_raised_once_per_key_per_minute() {
+        let alarms = AlarmThrottle::default();
+        assert!(alarms.first_within_a_minute("deal"));
+        assert!(!alarms.first_within_a_minute("deal"));
+        assert!(alarms.first_within_a_minute("other"));
+        let an_hour_ago = std::time::Instant::now() - std::time::Duration::from_secs(3600);
+        alarms
+            .last
+            .lock()
+            .unwrap()
+            .insert("deal".into(), an_hour_ago);
+        assert!(alarms.first_within_a_minute("deal"));
     }
 }
