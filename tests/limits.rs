@@ -506,6 +506,44 @@ async fn malformed_bodies_are_invalid_argument(db: TestDb) {
     get_offering_works(&server).await;
 }
 
+/// A one-message RPC called with two messages in its body is refused, and neither is applied:
+/// tonic alone would answer the first and drop the second unread.
+async fn a_second_message_in_a_unary_call_is_refused(db: TestDb) {
+    use prost::Message;
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("deal", 10, 0))
+        .await
+        .unwrap();
+    let subscribe =
+        |request_id: &str| common::subscribe("deal", "alice", 1, request_id).encode_to_vec();
+    let path = "/subledger.v1.SubscriptionLedger/Subscribe";
+    let two = vec![subscribe("first"), subscribe("second")];
+    let result = common::raw::call_with_messages(server.address, path, two).await;
+    assert_status(result, Code::InvalidArgument, "MALFORMED_REQUEST");
+    let get = proto::GetOfferingRequest {
+        offering_id: "deal".into(),
+    };
+    let result = common::raw::call_with_messages(
+        server.address,
+        "/subledger.v1.SubscriptionLedger/GetOffering",
+        vec![get.encode_to_vec(), get.encode_to_vec()],
+    )
+    .await;
+    assert_status(result, Code::InvalidArgument, "MALFORMED_REQUEST");
+    assert_eq!(
+        common::full_history(&mut client, "deal").await.len(),
+        1,
+        "only the creation is recorded"
+    );
+    // The same path with its one message is served.
+    common::raw::call_with_messages(server.address, path, vec![subscribe("only")])
+        .await
+        .expect("one message");
+    assert_eq!(common::full_history(&mut client, "deal").await.len(), 2);
+}
+
 async fn oversize_messages_and_headers_are_refused_by_name(db: TestDb) {
     let server = db.start_server().await;
     server
@@ -558,5 +596,6 @@ backend_tests!(
     a_killed_clients_streams_are_freed_within_two_seconds,
     verifications_are_bounded_and_reads_stay_fast,
     malformed_bodies_are_invalid_argument,
+    a_second_message_in_a_unary_call_is_refused,
     oversize_messages_and_headers_are_refused_by_name,
 );

@@ -1,7 +1,8 @@
 //! The HTTP/2 edge of the server, in front of every service: refuses over-size header blocks
 //! with a gRPC status instead of an HTTP error, and gives an ErrorInfo to every status that tonic
 //! made itself (a body that does not decode, an over-size message, an unknown method), so that
-//! the promise "every error carries a google.rpc.ErrorInfo" holds for them too.
+//! the promise "every error carries a google.rpc.ErrorInfo" holds for them too; and refuses a
+//! call of a one-message RPC whose body carries a second message, which tonic would drop unread.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,9 +59,9 @@ pub struct EdgeService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> Service<Request<B>> for EdgeService<S>
+impl<S> Service<Request<Body>> for EdgeService<S>
 where
-    S: Service<Request<B>, Response = Response<Body>>,
+    S: Service<Request<Body>, Response = Response<Body>>,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
@@ -72,7 +73,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let path = request.uri().path();
         let method = method_name(path);
         let logged_path = path_for_log(path).to_owned();
@@ -93,6 +94,11 @@ where
             record_refusal(method, status.code());
             return Box::pin(std::future::ready(Ok(status.into_http())));
         }
+        let request = if takes_one_message(path) {
+            request.map(|body| Body::new(OneMessage::new(body, method)))
+        } else {
+            request
+        };
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
@@ -132,4 +138,156 @@ fn with_error_info(response: Response<Body>, method: &'static str, path: &str) -
     tracing::info!(method, path, code = ?status.code(), message = status.message(), reason, "call refused");
     record_refusal(method, status.code());
     status.into_http()
+}
+
+/// Whether the RPC at `path` takes exactly one request message: every subledger and health RPC
+/// (reflection's stream is the one that takes many).
+fn takes_one_message(path: &str) -> bool {
+    let service = path
+        .strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map_or("", |(service, _)| service);
+    service == crate::proto::SERVICE_NAME || service == "grpc.health.v1.Health"
+}
+
+/// A one-message RPC's request body, followed through its gRPC framing (a flag byte, a 4-byte
+/// length, the message): a second message is refused with INVALID_ARGUMENT MALFORMED_REQUEST
+/// before any handler runs, instead of being dropped unread as tonic would.
+struct OneMessage {
+    inner: Body,
+    method: &'static str,
+    framing: Framing,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// Reading the first message's 5-byte prefix.
+    Prefix { read: usize, bytes: [u8; 5] },
+    /// Bytes of the first message still to come.
+    Message { left: u64 },
+    /// The first message is complete: any further byte starts a second.
+    Complete,
+}
+
+impl Framing {
+    fn new() -> Self {
+        Self::Prefix {
+            read: 0,
+            bytes: [0; 5],
+        }
+    }
+
+    /// Follows `data`; Err if it goes past the first message.
+    fn follow(&mut self, mut data: &[u8]) -> Result<(), ()> {
+        while !data.is_empty() {
+            match self {
+                Self::Prefix { read, bytes } => {
+                    let take = (5 - *read).min(data.len());
+                    bytes[*read..*read + take].copy_from_slice(&data[..take]);
+                    *read += take;
+                    data = &data[take..];
+                    if *read == 5 {
+                        let length = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                        *self = match length {
+                            0 => Self::Complete,
+                            length => Self::Message {
+                                left: u64::from(length),
+                            },
+                        };
+                    }
+                }
+                Self::Message { left } => {
+                    let take = (*left).min(data.len() as u64);
+                    *left -= take;
+                    data = &data[take as usize..];
+                    if *left == 0 {
+                        *self = Self::Complete;
+                    }
+                }
+                Self::Complete => return Err(()),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl OneMessage {
+    fn new(inner: Body, method: &'static str) -> Self {
+        Self {
+            inner,
+            method,
+            framing: Framing::new(),
+        }
+    }
+}
+
+impl http_body::Body for OneMessage {
+    type Data = tonic::codegen::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+            && this.framing.follow(data).is_err()
+        {
+            let status = Status::from(ApiError::MalformedRequest(
+                "the request carries more than one message; this RPC takes exactly one".into(),
+            ));
+            tracing::info!(method = this.method, code = ?status.code(), message = status.message(), "call refused");
+            record_refusal(this.method, status.code());
+            return Poll::Ready(Some(Err(status)));
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut framed = vec![0];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(message);
+        framed
+    }
+
+    #[test]
+    fn one_message_in_any_chunking_is_followed_to_its_end() {
+        let body = framed(b"hello");
+        for split in 0..=body.len() {
+            let mut framing = Framing::new();
+            framing.follow(&body[..split]).unwrap();
+            framing.follow(&body[split..]).unwrap();
+            assert_eq!(framing, Framing::Complete, "split at {split}");
+        }
+        let mut empty = Framing::new();
+        empty.follow(&framed(b"")).unwrap();
+        assert_eq!(empty, Framing::Complete);
+    }
+
+    #[test]
+    fn a_second_message_is_refused_wherever_it_starts() {
+        let mut two = framed(b"first");
+        two.extend(framed(b"second"));
+        for split in 0..=two.len() {
+            let mut framing = Framing::new();
+            let first = framing.follow(&two[..split]);
+            let second = framing.follow(&two[split..]);
+            assert!(first.is_err() || second.is_err(), "split at {split}");
+        }
+    }
 }

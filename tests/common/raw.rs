@@ -39,6 +39,27 @@ pub async fn call_on(
     grpc.unary(request, path, RawCodec).await.map(drop)
 }
 
+/// Sends each of `messages` in turn in the request body of one call to `path`, as a
+/// client-streaming call does, whatever the RPC takes.
+pub async fn call_with_messages(
+    address: SocketAddr,
+    path: &str,
+    messages: Vec<Vec<u8>>,
+) -> Result<(), tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let request = tonic::Request::new(tokio_stream::iter(messages));
+    let path = http::uri::PathAndQuery::try_from(path).expect("a path");
+    grpc.client_streaming(request, path, RawCodec)
+        .await
+        .map(drop)
+}
+
 /// Sends raw bytes as a request body, whatever the RPC expects.
 #[derive(Clone, Copy, Default)]
 pub struct RawCodec;
