@@ -395,47 +395,56 @@ impl Verifier {
         self.broken(seq, fields::id("request_id", request_id));
     }
 
-    /// The actor has a principal name's form; "system" is the clock's closing alone, and
-    /// "unknown" only what the first release could write (docs/hash-chain.md, "Entries older
-    /// than a rule").
+    /// The actor has a principal name's form. Two names are reserved for the ledger, and are
+    /// held to what could write them (docs/hash-chain.md, "Entries older than a rule"):
+    /// "unknown" only on what the first release wrote, which recorded no actor; "system" on the
+    /// clock's closing, or on what the second release wrote, which let a principal take that
+    /// name before the clock's closing existed.
     fn check_actor(&mut self, entry: &Entry) {
         let seq = entry.sequence;
         self.broken(seq, fields::actor("actor", &entry.actor));
-        if entry.actor == SYSTEM_ACTOR && entry.request_id != CLOSED_BY_CLOCK_REQUEST_ID {
+        let by_clock = entry.request_id == CLOSED_BY_CLOCK_REQUEST_ID;
+        let reserved_by = match entry.actor.as_str() {
+            UNKNOWN_ACTOR => Some("the first release, before actors were recorded,"),
+            SYSTEM_ACTOR if !by_clock => Some("a principal of the second release"),
+            _ => None,
+        };
+        if let Some(writer) = reserved_by
+            && !self.written_before_terms(entry)
+        {
             self.problem(format!(
-                "sequence {seq}: actor \"system\" on a {} that the clock did not make",
-                entry.kind.name()
+                "sequence {seq}: actor {:?} on a {} ({}, {}): only {writer} writes it, and that release wrote no such entry",
+                entry.actor,
+                entry.kind.name(),
+                self.allocation.name(),
+                if entry.terms_after.is_some() { "with terms" } else { "no terms" },
             ));
         }
-        if entry.actor == UNKNOWN_ACTOR {
-            let first_release_kind = matches!(
-                entry.kind,
-                EntryKind::OfferingCreated
-                    | EntryKind::Subscribed
-                    | EntryKind::Cancelled
-                    | EntryKind::OfferingClosed
-                    | EntryKind::OfferingFinalized
-            );
-            let first_release_fields = self.allocation == Allocation::FirstCome
-                && entry.terms_before.is_none()
-                && entry.terms_after.is_none()
-                && (
-                    entry.demand_delta,
-                    entry.investor_demand_after,
-                    entry.offering_demand_after,
-                ) == (0, 0, 0);
-            if !(first_release_kind && first_release_fields) {
-                self.problem(format!(
-                    "sequence {seq}: actor \"unknown\" on a {} ({}, {}): only the release before actors were recorded writes \"unknown\", and it wrote no such entry",
-                    entry.kind.name(),
-                    self.allocation.name(),
-                    if entry.terms_after.is_some() { "with terms" } else { "no terms" },
-                ));
-            }
-            if entry.kind == EntryKind::OfferingCreated {
-                self.created_before_actors = true;
-            }
+        if entry.actor == UNKNOWN_ACTOR && entry.kind == EntryKind::OfferingCreated {
+            self.created_before_actors = true;
         }
+    }
+
+    /// True for an entry of the shape the releases before terms and pro-rata offerings wrote
+    /// (the first two): one of the five kinds they knew, in a first-come offering, recording
+    /// no terms and no demand.
+    fn written_before_terms(&self, entry: &Entry) -> bool {
+        let kind = matches!(
+            entry.kind,
+            EntryKind::OfferingCreated
+                | EntryKind::Subscribed
+                | EntryKind::Cancelled
+                | EntryKind::OfferingClosed
+                | EntryKind::OfferingFinalized
+        );
+        kind && self.allocation == Allocation::FirstCome
+            && entry.terms_before.is_none()
+            && entry.terms_after.is_none()
+            && (
+                entry.demand_delta,
+                entry.investor_demand_after,
+                entry.offering_demand_after,
+            ) == (0, 0, 0)
     }
 
     /// The creation entry's terms, and each amendment's before (which must be what was in
@@ -1016,9 +1025,20 @@ mod tests {
     }
 
     #[test]
-    fn system_is_the_clocks_actor_alone() {
+    fn system_is_the_clocks_actor_or_a_second_release_principals() {
+        // The second release let a principal be named "system", and wrote no terms.
         let problems = problems_after(|s| s.entries[1].actor = SYSTEM_ACTOR.into());
-        assert_reported(&problems, "sequence 2: actor \"system\" on a SUBSCRIBED");
+        assert_eq!(problems, Vec::<String>::new());
+        let problems = problems_after(|s| s.entries[0].actor = SYSTEM_ACTOR.into());
+        assert_reported(
+            &problems,
+            "sequence 1: actor \"system\" on a OFFERING_CREATED",
+        );
+        let problems = problems_after(|s| s.entries[1].request_id = "@close_time".into());
+        assert_reported(
+            &problems,
+            "sequence 2: request_id \"@close_time\" is the clock's",
+        );
     }
 
     #[test]
