@@ -23,6 +23,9 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 
 use super::error::ApiError;
+// The actor's form is a rule of the ledger: the verifier holds stored entries to it too.
+pub use crate::ledger::fields::is_actor_name;
+pub use crate::ledger::limits::PRINCIPAL_NAME_CHARS_MAX;
 
 /// What a principal may do. Each role includes the ones before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
@@ -83,9 +86,11 @@ const OPEN_SERVICES: &[&str] = &[
 /// The actor recorded when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 /// Names that mean something else in the history, so no principal may take them.
-const RESERVED_NAMES: &[&str] = &[ANONYMOUS, "unknown", crate::ledger::SYSTEM_ACTOR];
-/// Principal names are recorded in every history entry: short, and printable without escapes.
-pub const PRINCIPAL_NAME_CHARS_MAX: usize = 128;
+const RESERVED_NAMES: &[&str] = &[
+    ANONYMOUS,
+    crate::ledger::UNKNOWN_ACTOR,
+    crate::ledger::SYSTEM_ACTOR,
+];
 
 /// Who made a call, as the auth layer established it.
 #[derive(Clone, Debug)]
@@ -258,14 +263,6 @@ impl Principals {
         }
         found
     }
-}
-
-/// True for 1-128 characters of A-Z a-z 0-9 . _ : - / @: the form of every name an entry can
-/// record as its actor, reserved ones included.
-pub fn is_actor_name(name: &str) -> bool {
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-' | '/' | '@');
-    !name.is_empty() && name.len() <= PRINCIPAL_NAME_CHARS_MAX && name.chars().all(allowed)
 }
 
 /// Principal names have the form of [`is_actor_name`] and are not a reserved name.

@@ -157,6 +157,7 @@ impl ApiError {
                     ],
                 ),
                 R::NotProRata => (Code::FailedPrecondition, "NOT_PRO_RATA", vec![]),
+                R::StateInconsistent { .. } => (Code::Internal, "STATE_INCONSISTENT", vec![]),
                 R::AmendmentConflict { field, .. } => (
                     Code::FailedPrecondition,
                     "AMENDMENT_CONFLICT",

@@ -298,8 +298,13 @@ impl EntryLine {
                 .transpose()
         };
         Ok(Entry {
-            kind: EntryKind::from_name(&self.kind)
-                .ok_or_else(|| anyhow!("kind {:?} is not an entry kind", self.kind))?,
+            kind: EntryKind::from_name(&self.kind).ok_or_else(|| {
+                let shown: String = self.kind.chars().take(64).collect();
+                anyhow!(
+                    "sequence {}: kind {shown:?} is not an entry kind any release writes",
+                    self.sequence
+                )
+            })?,
             record_time: parse_time("record_time", &self.record_time)?,
             terms_before: terms("terms_before.close_time", self.terms_before)?,
             terms_after: terms("terms_after.close_time", self.terms_after)?,

@@ -39,40 +39,77 @@ use super::limits::{DEMAND_TOTAL_MAX, UNITS_MAX};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Demand {
     pub investor_id: String,
-    /// Units asked for: >= 1, <= [`UNITS_MAX`], a multiple of the lot.
+    /// Units asked for: >= 1, <= [`DEMAND_TOTAL_MAX`], a multiple of the lot. (Without a
+    /// per-investor cap one investor's demand is bounded by the total's bound only, not by
+    /// [`UNITS_MAX`]: a request is, but an investor may make many.)
     pub demand: i64,
     /// The sequence of the investor's first subscription: >= 1 and distinct across investors.
     /// Breaks ties between equal remainders in favour of who came first.
     pub first_sequence: i64,
 }
 
+/// Input the rule is not defined for: the ledger never builds it, so a stored state or an
+/// export that leads here is corrupt (the verifier reports it; AllocateOffering refuses).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("allocation input out of range: {0}")]
+pub struct InputError(String);
+
 /// Allocations, index for index with `demands`, by the rule in the module doc.
 ///
-/// Inputs (checked with debug asserts; the caller guarantees them):
+/// Inputs, checked on every call (they come from stored rows, which the verifier does not
+/// trust), an [`InputError`] otherwise:
 /// - 1 <= `max_units` <= [`UNITS_MAX`];
 /// - `lot_units` >= 1 (a caller whose "0 or 1" means "any amount" passes 1);
-/// - every demand is >= 1, <= [`UNITS_MAX`] and a multiple of `lot_units`, and their total is
-///   <= [`DEMAND_TOTAL_MAX`];
+/// - every demand is >= 1 and a multiple of `lot_units`, and their total is
+///   <= [`DEMAND_TOTAL_MAX`] (so every product below stays inside i128);
 /// - `first_sequence` values are >= 1 and distinct.
 ///
 /// `demands` may come in any order: the allocation of each investor depends only on the data,
 /// never on where the investor sits in the slice. O(n log n) for n investors.
-pub fn allocate(max_units: i64, lot_units: i64, demands: &[Demand]) -> Vec<i64> {
-    debug_assert!(
-        (1..=UNITS_MAX).contains(&max_units),
-        "max_units {max_units}"
-    );
-    debug_assert!(lot_units >= 1, "lot_units {lot_units}");
-    debug_assert!(demands.iter().all(|d| (1..=UNITS_MAX).contains(&d.demand)
-        && d.demand % lot_units == 0
-        && d.first_sequence >= 1));
-    debug_assert!(sequences_distinct(demands), "first_sequence values repeat");
+pub fn allocate(
+    max_units: i64,
+    lot_units: i64,
+    demands: &[Demand],
+) -> Result<Vec<i64>, InputError> {
+    check_input(max_units, lot_units, demands)?;
+    Ok(allocate_checked(max_units, lot_units, demands))
+}
 
+fn check_input(max_units: i64, lot_units: i64, demands: &[Demand]) -> Result<(), InputError> {
+    if !(1..=UNITS_MAX).contains(&max_units) {
+        return Err(InputError(format!("max_units {max_units}")));
+    }
+    if lot_units < 1 {
+        return Err(InputError(format!("lot_units {lot_units}")));
+    }
+    let mut total: i128 = 0;
+    for d in demands {
+        if !(1..=DEMAND_TOTAL_MAX).contains(&d.demand) || d.demand % lot_units != 0 {
+            return Err(InputError(format!(
+                "investor {:?} demands {} (lot {lot_units})",
+                d.investor_id, d.demand
+            )));
+        }
+        if d.first_sequence < 1 {
+            return Err(InputError(format!(
+                "investor {:?} has first_sequence {}",
+                d.investor_id, d.first_sequence
+            )));
+        }
+        total += i128::from(d.demand);
+    }
+    if total > i128::from(DEMAND_TOTAL_MAX) {
+        return Err(InputError(format!("total demand {total}")));
+    }
+    if !sequences_distinct(demands) {
+        return Err(InputError("first_sequence values repeat".to_owned()));
+    }
+    Ok(())
+}
+
+/// The rule itself, on input `check_input` accepted.
+fn allocate_checked(max_units: i64, lot_units: i64, demands: &[Demand]) -> Vec<i64> {
     let total: i128 = demands.iter().map(|d| i128::from(d.demand)).sum();
-    debug_assert!(
-        total <= i128::from(DEMAND_TOTAL_MAX),
-        "total demand {total}"
-    );
     let cap = i128::from(max_units);
     if total <= cap {
         return demands.iter().map(|d| d.demand).collect();
@@ -126,8 +163,7 @@ pub fn allocate(max_units: i64, lot_units: i64, demands: &[Demand]) -> Vec<i64> 
     allocations
 }
 
-/// Only for the debug assert: a repeated sequence would make the tie-break, and so the result,
-/// depend on the input order.
+/// A repeated sequence would make the tie-break, and so the result, depend on the input order.
 fn sequences_distinct(demands: &[Demand]) -> bool {
     let mut sequences: Vec<i64> = demands.iter().map(|d| d.first_sequence).collect();
     sequences.sort_unstable();
@@ -163,9 +199,39 @@ mod tests {
     }
 
     #[test]
+    fn input_the_rule_is_not_defined_for_is_an_error_not_a_panic() {
+        let one = demands(&[(5, 1)]);
+        assert!(allocate(0, 1, &one).is_err(), "max_units 0");
+        assert!(
+            allocate(i64::MAX, 1, &one).is_err(),
+            "max_units over UNITS_MAX"
+        );
+        assert!(allocate(10, 0, &one).is_err(), "lot 0");
+        assert!(allocate(10, -3, &one).is_err(), "negative lot");
+        assert!(allocate(10, 2, &one).is_err(), "5 is not a multiple of 2");
+        assert!(
+            allocate(10, 1, &demands(&[(-1, 1)])).is_err(),
+            "negative demand"
+        );
+        assert!(allocate(10, 1, &demands(&[(5, 0)])).is_err(), "sequence 0");
+        assert!(
+            allocate(10, 1, &demands(&[(5, 1), (5, 1)])).is_err(),
+            "sequences repeat"
+        );
+        let whales = demands(&[(DEMAND_TOTAL_MAX, 1), (DEMAND_TOTAL_MAX, 2)]);
+        assert!(allocate(10, 1, &whales).is_err(), "total over the bound");
+        let whale = demands(&[(DEMAND_TOTAL_MAX, 1)]);
+        assert_eq!(
+            allocate(UNITS_MAX, 1, &whale).unwrap(),
+            [UNITS_MAX],
+            "one investor may demand more than UNITS_MAX without a per-investor cap"
+        );
+    }
+
+    #[test]
     fn worked_example_of_the_module_doc() {
         let example = demands(&[(40, 1), (20, 2), (20, 3)]);
-        let allocations = allocate(52, 5, &example);
+        let allocations = allocate(52, 5, &example).unwrap();
         assert_eq!(allocations, vec![25, 15, 10]);
         assert_eq!(
             allocations.iter().sum::<i64>(),
@@ -254,7 +320,7 @@ mod tests {
         ];
         for &(name, max_units, lot_units, pairs, expected) in cases {
             let input = demands(pairs);
-            let allocations = allocate(max_units, lot_units, &input);
+            let allocations = allocate(max_units, lot_units, &input).unwrap();
             assert_eq!(allocations, expected, "{name}");
             check_properties(max_units, lot_units, &input, &allocations, name);
         }
@@ -266,13 +332,13 @@ mod tests {
         // Sequences run backwards so input order and sequence order differ.
         let pairs: Vec<(i64, i64)> = (0..1000).map(|i| (UNITS_MAX, 1000 - i)).collect();
         let input = demands(&pairs);
-        let allocations = allocate(UNITS_MAX, 1, &input);
+        let allocations = allocate(UNITS_MAX, 1, &input).unwrap();
         assert!(allocations.iter().all(|&a| a == 1_000_000_000_000));
         check_properties(UNITS_MAX, 1, &input, &allocations, "limits");
         // One unit less: every quota is 10^12 - 0.001, base 10^12 - 1, and 999 lots go
         // back by sequence, so only the latest subscriber (sequence 1000, first in the input)
         // is left one short.
-        let allocations = allocate(UNITS_MAX - 1, 1, &input);
+        let allocations = allocate(UNITS_MAX - 1, 1, &input).unwrap();
         assert_eq!(allocations[0], 999_999_999_999);
         assert!(allocations[1..].iter().all(|&a| a == 1_000_000_000_000));
         check_properties(UNITS_MAX - 1, 1, &input, &allocations, "limits - 1");
@@ -284,17 +350,17 @@ mod tests {
         for case in 0..PROPERTY_CASES {
             let (max_units, lot_units, input) = random_offering(&mut rng);
             let context = format!("case {case}: max_units {max_units}, lot {lot_units}");
-            let allocations = allocate(max_units, lot_units, &input);
+            let allocations = allocate(max_units, lot_units, &input).unwrap();
             check_properties(max_units, lot_units, &input, &allocations, &context);
 
             assert_eq!(
-                allocate(max_units, lot_units, &input),
+                allocate(max_units, lot_units, &input).unwrap(),
                 allocations,
                 "{context}"
             );
             let mut shuffled = input.clone();
             rng.shuffle(&mut shuffled);
-            let reshuffled = allocate(max_units, lot_units, &shuffled);
+            let reshuffled = allocate(max_units, lot_units, &shuffled).unwrap();
             let by_investor: HashMap<&str, i64> = shuffled
                 .iter()
                 .map(|d| d.investor_id.as_str())

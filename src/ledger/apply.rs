@@ -23,9 +23,11 @@ use super::types::{
 
 /// The actor of what the clock does (the CLOSED entry appended once close_time has passed).
 pub const SYSTEM_ACTOR: &str = "system";
+/// The actor of entries recorded before subledger recorded actors (migration 0002's default).
+pub const UNKNOWN_ACTOR: &str = "unknown";
 /// The request_id of that CLOSED entry: '@' is outside the id alphabet, so no caller's request
 /// can collide with it.
-const CLOSED_BY_CLOCK_REQUEST_ID: &str = "@close_time";
+pub const CLOSED_BY_CLOCK_REQUEST_ID: &str = "@close_time";
 
 /// An investor's running state within a batch.
 #[derive(Clone, Debug, Default)]

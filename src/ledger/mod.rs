@@ -10,6 +10,7 @@ pub mod allocation;
 mod apply;
 pub mod chain;
 mod command;
+pub mod fields;
 pub mod idempotency;
 pub mod limits;
 mod outcome;
@@ -18,7 +19,10 @@ pub(crate) mod testing;
 mod types;
 pub mod verify;
 
-pub use apply::{Batch, BatchWrites, OfferingRequests, SYSTEM_ACTOR, apply_all};
+pub use apply::{
+    Batch, BatchWrites, CLOSED_BY_CLOCK_REQUEST_ID, OfferingRequests, SYSTEM_ACTOR, UNKNOWN_ACTOR,
+    apply_all,
+};
 pub use command::create::{CreateOutcome, check_create};
 pub use outcome::{Applied, Rejection, Results};
 pub use types::*;

@@ -60,6 +60,9 @@ pub enum Rejection {
     NotProRata,
     #[error("{field}: {reason}")]
     AmendmentConflict { field: &'static str, reason: String },
+    /// The stored state is one the rules never write (run `subledger verify`).
+    #[error("the stored offering is inconsistent: {reason}")]
+    StateInconsistent { reason: String },
 }
 
 /// The outcome of one accepted request.

@@ -23,12 +23,12 @@ impl Batch {
             });
         }
         self.check_version(expected_version)?;
-        Ok(self.append_allocations(request))
+        self.append_allocations(request)
     }
 
     /// Every investor with demand gets their allocation entry, in order of first subscription,
     /// then the status change, which carries the request_id.
-    fn append_allocations(&mut self, request: &Request) -> Entry {
+    fn append_allocations(&mut self, request: &Request) -> Result<Entry, Rejection> {
         debug_assert!(
             self.all_positions,
             "an allocation needs every investor's demand"
@@ -44,7 +44,11 @@ impl Batch {
             })
             .collect();
         demands.sort_by_key(|d| (d.first_sequence, d.investor_id.clone()));
-        let allocations = allocation::allocate(self.head.max_units, self.head.lot(), &demands);
+        // Checked before anything is appended: a refusal leaves the batch as it was.
+        let allocations = allocation::allocate(self.head.max_units, self.head.lot(), &demands)
+            .map_err(|error| Rejection::StateInconsistent {
+                reason: error.to_string(),
+            })?;
         let expected_version = request.command.request_fields().1;
         for (demand, units) in demands.iter().zip(allocations) {
             let holding = self
@@ -67,7 +71,7 @@ impl Batch {
             entry.expected_version = expected_version;
             self.push(entry);
         }
-        self.append_lifecycle(request, OfferingStatus::Allocated)
+        Ok(self.append_lifecycle(request, OfferingStatus::Allocated))
     }
 }
 
