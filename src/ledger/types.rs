@@ -361,9 +361,17 @@ impl Command {
         }
     }
 
-    /// True when this command needs every position of its offering, not only those it names.
+    /// True when this command needs every position of its offering, not only those it names:
+    /// an allocation, and an amendment that sets a per-investor cap (checked against every
+    /// holding). A name, close_time or max_units change reads none: the head has all it needs.
     pub fn reads_all_positions(&self) -> bool {
-        matches!(self, Self::Allocate { .. } | Self::Amend { .. })
+        match self {
+            Self::Allocate { .. } => true,
+            Self::Amend { changes, .. } => {
+                changes.max_units_per_investor.is_some_and(|cap| cap > 0)
+            }
+            _ => false,
+        }
     }
 
     /// Fields of the entry this command appends that come from the request itself.
@@ -479,5 +487,35 @@ mod tests {
         assert_eq!(close.request_fields(), (0, 3));
         assert!(allocate.reads_all_positions());
         assert!(!subscribe("alice", 5).reads_all_positions());
+    }
+
+    #[test]
+    fn only_a_per_investor_cap_makes_an_amendment_read_every_position() {
+        let amend = |changes: TermChanges| Command::Amend {
+            expected_version: 0,
+            changes,
+        };
+        let none = TermChanges::default();
+        let renamed = TermChanges {
+            name: Some("Tower 8".into()),
+            ..none.clone()
+        };
+        let closing = TermChanges {
+            close_time: Some(now()),
+            max_units: Some(500),
+            ..none.clone()
+        };
+        let uncapped = TermChanges {
+            max_units_per_investor: Some(0),
+            ..none.clone()
+        };
+        let capped = TermChanges {
+            max_units_per_investor: Some(10),
+            ..none
+        };
+        assert!(!amend(renamed).reads_all_positions());
+        assert!(!amend(closing).reads_all_positions());
+        assert!(!amend(uncapped).reads_all_positions());
+        assert!(amend(capped).reads_all_positions());
     }
 }

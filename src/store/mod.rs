@@ -342,15 +342,29 @@ pub trait Store: Clone + Send + Sync + 'static {
     /// Recomputes the offering from one snapshot of its history and compares it with its head
     /// and positions, and holds the chain against `digests` (earlier digests of this
     /// offering). None when the offering does not exist.
+    ///
+    /// Decoding and hashing a long history is seconds of CPU: it runs on a blocking thread,
+    /// which drives the reads itself, so that the runtime's threads stay free for the calls
+    /// that take microseconds.
     fn verify_offering(
         &self,
         offering_id: &str,
         digests: &[Digest],
     ) -> impl Future<Output = Result<Option<Report>, StoreError>> + Send {
+        let store = self.clone();
+        let offering_id = offering_id.to_owned();
+        let digests = digests.to_vec();
+        let runtime = tokio::runtime::Handle::current();
         async move {
-            let mut verification = Verification::new(digests);
-            self.read_snapshot(offering_id, &mut verification).await?;
-            Ok(verification.into_report().map(|(_, report)| report))
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(async {
+                    let mut verification = Verification::new(&digests);
+                    store.read_snapshot(&offering_id, &mut verification).await?;
+                    Ok(verification.into_report().map(|(_, report)| report))
+                })
+            })
+            .await
+            .map_err(|error| StoreError::Corrupt(format!("the verification stopped: {error}")))?
         }
     }
 

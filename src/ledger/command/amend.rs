@@ -24,10 +24,6 @@ impl Batch {
 
     /// The terms after `changes`, or why the offering as it stands forbids them.
     fn check_amendment(&self, changes: &TermChanges) -> Result<Terms, Rejection> {
-        debug_assert!(
-            self.all_positions,
-            "an amendment is checked against every position"
-        );
         let head = &self.head;
         let after = changes.apply_to(&head.terms());
         let conflict = |field, reason: String| Err(Rejection::AmendmentConflict { field, reason });
@@ -69,6 +65,10 @@ impl Batch {
                     format!("{cap} is over max_units ({})", after.max_units),
                 );
             }
+            debug_assert!(
+                self.all_positions,
+                "a per-investor cap is checked against every position"
+            );
             let largest = self
                 .holdings
                 .values()
