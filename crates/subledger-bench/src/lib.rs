@@ -91,6 +91,14 @@ pub struct BenchArgs {
     /// WatchHistory reads per commit (watch).
     #[arg(long)]
     metrics_url: Option<String>,
+    /// VerifyOffering calls kept in flight beside the load, on connections of their own, each
+    /// verifying --verify-offering over and over: a verification storm, to see what it does to
+    /// the other calls. Reported under VerifyOffering, apart from the load's own latency.
+    #[arg(long, default_value_t = 0, requires = "verify_offering")]
+    verifiers: usize,
+    /// The existing offering (a long history, say) the --verifiers verify.
+    #[arg(long)]
+    verify_offering: Option<String>,
     /// One JSON object on stdout instead of the text report.
     #[arg(long)]
     json: bool,
@@ -178,7 +186,12 @@ impl Tally {
     }
 
     fn merge(&mut self, other: Tally) {
-        let _ = self.latency_us.add(other.latency_us);
+        let _ = self.latency_us.add(&other.latency_us);
+        self.merge_by_method(other);
+    }
+
+    /// Adds `other`'s calls to the latency per RPC and the codes, not to the overall latency.
+    fn merge_by_method(&mut self, other: Tally) {
         for (method, histogram) in other.latency_us_by_method {
             match self.latency_us_by_method.get_mut(method) {
                 Some(mine) => {
@@ -245,6 +258,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     {
         bail!("--concurrency, --offerings and --sellout-units must be positive and --target given");
     }
+    if args.verifiers > 0 && args.requests.is_some() {
+        bail!("--verifiers runs for --duration; drop --requests");
+    }
     if args.watchers > 0 && args.scenario != Scenario::Watch {
         bail!("--watchers is for --scenario watch");
     }
@@ -303,12 +319,32 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     });
     let started = Instant::now();
     let progress = show_progress.then(|| tokio::spawn(progress_line(plan.clone(), args.duration)));
+    let storm = match &args.verify_offering {
+        Some(offering_id) if args.verifiers > 0 => {
+            let storm_ledger = connect(&args, CONNECTIONS_PER_TARGET).await?;
+            (0..args.verifiers)
+                .map(|_| {
+                    tokio::spawn(verify_over_and_over(
+                        storm_ledger.clone(),
+                        plan.clone(),
+                        offering_id.clone(),
+                    ))
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let workers: Vec<_> = (0..args.concurrency)
         .map(|worker| tokio::spawn(drive(ledger.clone(), plan.clone(), worker as u64)))
         .collect();
     let mut tally = Tally::new();
     for worker in workers {
         tally.merge(worker.await.context("bench worker")?);
+    }
+    // The storm's calls are reported by method only: the load's own latency stays its own.
+    for verifier in storm {
+        let storm_tally = verifier.await.context("bench verifier")?;
+        tally.merge_by_method(storm_tally);
     }
     let elapsed = started.elapsed();
     if let Some(progress) = progress {
@@ -517,6 +553,25 @@ async fn drive(ledger: Ledger, plan: Arc<Plan>, worker: u64) -> Tally {
             plan.calls_ok.fetch_add(1, Ordering::Relaxed);
         }
         plan.calls_done.fetch_add(1, Ordering::Relaxed);
+    }
+    tally
+}
+
+/// One verifier of the storm: VerifyOffering on `offering_id` until the run is over. Calls the
+/// server refuses (TOO_MANY_VERIFICATIONS) count by their code, and the verifier tries again.
+async fn verify_over_and_over(ledger: Ledger, plan: Arc<Plan>, offering_id: String) -> Tally {
+    let mut tally = Tally::new();
+    while plan
+        .deadline
+        .is_some_and(|deadline| Instant::now() < deadline)
+    {
+        let started = Instant::now();
+        let request = proto::VerifyOfferingRequest {
+            offering_id: offering_id.clone(),
+            digest: None,
+        };
+        let code = code_of(ledger.verify_offering(request).await);
+        tally.record("VerifyOffering", started, code);
     }
     tally
 }
