@@ -134,6 +134,10 @@ struct ServeArgs {
     /// are counted per peer address, so those behind one proxy share one quota.
     #[arg(long, env = "SUBLEDGER_MAX_WATCH_STREAMS_PER_PRINCIPAL", default_value_t = ServiceLimits::default().max_watch_streams_per_principal)]
     max_watch_streams_per_principal: usize,
+    /// Investors one offering may have positions for; a new investor past it is refused
+    /// (RESOURCE_EXHAUSTED INVESTOR_LIMIT_REACHED). Allocation handles them all at once.
+    #[arg(long, env = "SUBLEDGER_MAX_INVESTORS_PER_OFFERING", default_value_t = ServiceLimits::default().max_investors_per_offering, value_parser = clap::value_parser!(i64).range(1..))]
+    max_investors_per_offering: i64,
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
@@ -500,6 +504,7 @@ fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<S
         service: ServiceLimits {
             max_watch_streams: args.max_watch_streams,
             max_watch_streams_per_principal: args.max_watch_streams_per_principal,
+            max_investors_per_offering: args.max_investors_per_offering,
         },
         metrics_listener: None,
     })

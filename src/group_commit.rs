@@ -158,6 +158,8 @@ pub struct GroupCommitter<S> {
     store: S,
     state: Arc<Mutex<State>>,
     metrics: Arc<CommitMetrics>,
+    /// Investors an offering may have positions for: the ledger refuses a new one past it.
+    investors_max: i64,
 }
 
 impl<S: Store> GroupCommitter<S> {
@@ -166,6 +168,15 @@ impl<S: Store> GroupCommitter<S> {
             store,
             state: Arc::default(),
             metrics: Arc::new(CommitMetrics::new()),
+            investors_max: crate::ledger::limits::INVESTORS_PER_OFFERING_DEFAULT,
+        }
+    }
+
+    /// The same committer, with at most `investors_max` positions per offering.
+    pub fn with_investors_max(self, investors_max: i64) -> Self {
+        Self {
+            investors_max,
+            ..self
         }
     }
 
@@ -333,6 +344,7 @@ impl<S: Store> GroupCommitter<S> {
             work.push(OfferingRequests {
                 offering_id,
                 requests,
+                investors_max: self.investors_max,
             });
             replies.push(offering_replies);
         }

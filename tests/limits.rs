@@ -31,6 +31,7 @@ fn config(
         service: ServiceLimits {
             max_watch_streams,
             max_watch_streams_per_principal: max_watch_streams,
+            ..ServiceLimits::default()
         },
         ..ServerConfig::default()
     }
@@ -506,6 +507,53 @@ async fn malformed_bodies_are_invalid_argument(db: TestDb) {
     get_offering_works(&server).await;
 }
 
+/// Past --max-investors-per-offering a new investor is refused, naming the limit; investors
+/// with a position go on, a position emptied by Cancel included (it stays a position).
+async fn a_new_investor_past_the_limit_is_refused(db: TestDb) {
+    let mut limits = config(10_000, Duration::from_secs(60), 10);
+    limits.service.max_investors_per_offering = 2;
+    let server = db.start_server_with(limits).await;
+    let mut client = server.client().await;
+    client
+        .create_offering(offering("deal", 100, 0))
+        .await
+        .unwrap();
+    for (investor, request_id) in [("alice", "a-1"), ("bob", "b-1")] {
+        client
+            .subscribe(common::subscribe("deal", investor, 1, request_id))
+            .await
+            .unwrap();
+    }
+    client
+        .cancel(common::cancel("deal", "bob", 0, "b-2"))
+        .await
+        .unwrap();
+    let status = assert_status(
+        client
+            .subscribe(common::subscribe("deal", "carol", 1, "c-1"))
+            .await,
+        Code::ResourceExhausted,
+        "INVESTOR_LIMIT_REACHED",
+    );
+    let details = tonic_types::StatusExt::get_error_details(&status);
+    assert_eq!(details.error_info().unwrap().metadata["limit"], "2");
+    for (investor, request_id) in [("alice", "a-2"), ("bob", "b-3")] {
+        client
+            .subscribe(common::subscribe("deal", investor, 1, request_id))
+            .await
+            .expect("an investor with a position goes on");
+    }
+    // Another offering has its own count.
+    client
+        .create_offering(offering("other", 100, 0))
+        .await
+        .unwrap();
+    client
+        .subscribe(common::subscribe("other", "carol", 1, "c-2"))
+        .await
+        .unwrap();
+}
+
 /// A one-message RPC called with two messages in its body is refused, and neither is applied:
 /// tonic alone would answer the first and drop the second unread.
 async fn a_second_message_in_a_unary_call_is_refused(db: TestDb) {
@@ -597,5 +645,6 @@ backend_tests!(
     verifications_are_bounded_and_reads_stay_fast,
     malformed_bodies_are_invalid_argument,
     a_second_message_in_a_unary_call_is_refused,
+    a_new_investor_past_the_limit_is_refused,
     oversize_messages_and_headers_are_refused_by_name,
 );

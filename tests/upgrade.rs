@@ -91,6 +91,18 @@ async fn entries_recorded_before_actors_read_unknown(db: TestDb) {
     let entry = next.entry.unwrap();
     assert_eq!((entry.sequence, entry.actor.as_str()), (4, "anonymous"));
     assert_ledger_consistent(&mut client, "old").await;
+    // The upgrade counted the two positions it found; carol's is the third. (No RPC shows the
+    // count: a no-op UPDATE that matches only that count says it.)
+    let counted = db
+        .execute_sql(
+            "UPDATE offering_head SET name = name WHERE offering_id = 'old' AND position_count = 3",
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        counted, 1,
+        "position_count after the upgrade and one new investor"
+    );
     let old_ones = client
         .list_history(proto::ListHistoryRequest {
             offering_id: "old".into(),

@@ -158,6 +158,11 @@ impl ApiError {
                 ),
                 R::NotProRata => (Code::FailedPrecondition, "NOT_PRO_RATA", vec![]),
                 R::StateInconsistent { .. } => (Code::Internal, "STATE_INCONSISTENT", vec![]),
+                R::InvestorLimitReached { limit } => (
+                    Code::ResourceExhausted,
+                    "INVESTOR_LIMIT_REACHED",
+                    vec![("limit", limit.to_string())],
+                ),
                 R::AmendmentConflict { field, .. } => (
                     Code::FailedPrecondition,
                     "AMENDMENT_CONFLICT",

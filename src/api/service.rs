@@ -28,6 +28,8 @@ pub struct ServiceLimits {
     pub max_watch_streams: usize,
     /// WatchHistory streams one principal (or, anonymous, one peer address) may hold open.
     pub max_watch_streams_per_principal: usize,
+    /// Investors one offering may have positions for.
+    pub max_investors_per_offering: i64,
 }
 
 impl Default for ServiceLimits {
@@ -36,6 +38,7 @@ impl Default for ServiceLimits {
         Self {
             max_watch_streams: 1_000,
             max_watch_streams_per_principal: 100,
+            max_investors_per_offering: ledger::limits::INVESTORS_PER_OFFERING_DEFAULT,
         }
     }
 }
@@ -61,7 +64,8 @@ pub struct LedgerService<S> {
 impl<S: Store> LedgerService<S> {
     pub fn new(store: S, limits: ServiceLimits, shutdown: CancellationToken) -> Self {
         Self {
-            committer: GroupCommitter::new(store.clone()),
+            committer: GroupCommitter::new(store.clone())
+                .with_investors_max(limits.max_investors_per_offering),
             watch_hub: watch::hub::WatchHub::new(store.clone()),
             store,
             shutdown,

@@ -35,6 +35,9 @@ struct HeadLine {
     max_units_per_investor: i64,
     subscribed_units: i64,
     investor_count: i64,
+    /// Absent from exports made before it was kept.
+    #[serde(default)]
+    position_count: i64,
     status: String,
     version: i64,
     create_time: String,
@@ -140,6 +143,7 @@ impl<W: Write + Send> SnapshotReader for ExportWriter<W> {
             max_units_per_investor: head.max_units_per_investor,
             subscribed_units: head.subscribed_units,
             investor_count: head.investor_count,
+            position_count: head.position_count,
             status: head.status.name().to_owned(),
             version: head.version,
             create_time: time_text(head.create_time),
@@ -274,6 +278,7 @@ impl HeadLine {
             max_units_per_investor: self.max_units_per_investor,
             subscribed_units: self.subscribed_units,
             investor_count: self.investor_count,
+            position_count: self.position_count,
             version: self.version,
             lot_units: self.lot_units,
             min_units_per_investor: self.min_units_per_investor,

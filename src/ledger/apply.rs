@@ -51,6 +51,8 @@ pub struct Batch {
     pub(super) holdings: HashMap<String, Holding>,
     /// True when `holdings` has every position of the offering.
     pub(super) all_positions: bool,
+    /// A new investor past this many positions is refused.
+    pub(super) investors_max: i64,
     /// Entries recorded under the batch's request_ids, earlier or within this batch.
     recorded: HashMap<String, Entry>,
     pub(super) now: Timestamp,
@@ -100,6 +102,7 @@ impl Batch {
             head,
             holdings,
             all_positions,
+            investors_max: super::limits::INVESTORS_PER_OFFERING_DEFAULT,
             recorded,
             now,
             version_before_clock: None,
@@ -282,6 +285,7 @@ impl Batch {
         holding.update_time = Some(self.now);
         if holding.first_sequence == 0 {
             holding.first_sequence = sequence;
+            self.head.position_count += 1;
         }
         let demand_after = holding.demand;
         if units_before == 0 && units_after > 0 {
@@ -369,6 +373,8 @@ impl Batch {
 pub struct OfferingRequests {
     pub offering_id: Arc<str>,
     pub requests: Vec<Request>,
+    /// Investors the offering may have positions for (--max-investors-per-offering).
+    pub investors_max: i64,
 }
 
 impl OfferingRequests {
@@ -430,6 +436,7 @@ pub fn apply_all(
             .unwrap_or_default();
         let all_positions = item.reads_all_positions();
         let mut batch = Batch::new(head, positions, all_positions, recorded, now);
+        batch.investors_max = item.investors_max;
         results.push(
             item.requests
                 .iter()
@@ -509,14 +516,17 @@ mod tests {
             OfferingRequests {
                 offering_id: "deal".into(),
                 requests: vec![request("a", subscribe("alice", 2))],
+                investors_max: 10,
             },
             OfferingRequests {
                 offering_id: "missing".into(),
                 requests: vec![request("b", subscribe("alice", 1)); 2],
+                investors_max: 10,
             },
             OfferingRequests {
                 offering_id: "other".into(),
                 requests: vec![request("c", subscribe("bob", 11))],
+                investors_max: 10,
             },
         ];
         let (results, writes) = apply_all(&work, vec![head(10, 0), other], vec![], vec![], now());

@@ -15,6 +15,9 @@ pub const PAGE_SIZE_MAX: u32 = 1000;
 /// lower): demand * max_units and allocation * demand stay far inside i128, and the total
 /// inside i64.
 pub const DEMAND_TOTAL_MAX: i64 = 1_000_000_000_000_000_000;
+/// --max-investors-per-offering's default: allocation and verification handle every position
+/// of an offering at once, so their number is bounded.
+pub const INVESTORS_PER_OFFERING_DEFAULT: i64 = 1_000_000;
 /// Principal names are recorded as the actor of every history entry: short, and printable
 /// without escapes.
 pub const PRINCIPAL_NAME_CHARS_MAX: usize = 128;

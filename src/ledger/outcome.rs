@@ -60,6 +60,9 @@ pub enum Rejection {
     NotProRata,
     #[error("{field}: {reason}")]
     AmendmentConflict { field: &'static str, reason: String },
+    /// A new investor in an offering that already has positions for `limit` investors.
+    #[error("the offering already has {limit} investors, the most it may have")]
+    InvestorLimitReached { limit: i64 },
     /// The stored state is one the rules never write (run `subledger verify`).
     #[error("the stored offering is inconsistent: {reason}")]
     StateInconsistent { reason: String },

@@ -101,6 +101,7 @@ pub mod every_field {
             max_units_per_investor: 100,
             subscribed_units: 40,
             investor_count: 2,
+            position_count: 3,
             status: OfferingStatus::Closed,
             version: 9,
             create_time: time(1),

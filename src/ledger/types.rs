@@ -145,6 +145,9 @@ pub struct Offering {
     pub subscribed_units: i64,
     /// Investors holding more than zero units.
     pub investor_count: i64,
+    /// Investors with a position: everyone who ever subscribed (a position emptied by Cancel
+    /// stays). Bounded by --max-investors-per-offering.
+    pub position_count: i64,
     pub status: OfferingStatus,
     /// Sequence of the latest history entry.
     pub version: i64,

@@ -18,6 +18,7 @@ table! {
         max_units_per_investor: i64 [bigint, updated] = head.max_units_per_investor,
         subscribed_units: i64 [bigint, updated] = head.subscribed_units,
         investor_count: i64 [bigint, updated] = head.investor_count,
+        position_count: i64 [bigint, updated] = head.position_count,
         status: i16 [smallint, updated] = head.status as i16,
         version: i64 [bigint, updated] = head.version,
         create_time: Timestamp [timestamptz] = head.create_time,
@@ -130,6 +131,7 @@ impl TryFrom<HeadRow> for Offering {
             max_units_per_investor: row.max_units_per_investor,
             subscribed_units: row.subscribed_units,
             investor_count: row.investor_count,
+            position_count: row.position_count,
             status,
             version: row.version,
             create_time: row.create_time,
@@ -420,7 +422,8 @@ mod tests {
         assert_eq!(
             names(HeadRow::COLUMNS, Selection::Rewritten),
             "offering_id, name, max_units, max_units_per_investor, subscribed_units, \
-             investor_count, status, version, update_time, close_time, demanded_units, last_hash"
+             investor_count, position_count, status, version, update_time, close_time, \
+             demanded_units, last_hash"
         );
         assert_eq!(
             names(PositionRow::COLUMNS, Selection::Rewritten),

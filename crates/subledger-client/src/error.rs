@@ -96,7 +96,7 @@ pub enum Error {
     #[error("expected version {expected}, the offering is at {actual}")]
     VersionMismatch { expected: i64, actual: i64 },
     /// RESOURCE_EXHAUSTED: a bound on the server; `reason` names it (OFFERING_QUEUE_FULL,
-    /// QUEUE_FULL, TOO_MANY_WATCH_STREAMS, TOO_MANY_WATCH_STREAMS_FOR_PRINCIPAL,
+    /// QUEUE_FULL, INVESTOR_LIMIT_REACHED, TOO_MANY_WATCH_STREAMS, TOO_MANY_WATCH_STREAMS_FOR_PRINCIPAL,
     /// TOO_MANY_VERIFICATIONS, MESSAGE_TOO_LARGE, HEADERS_TOO_LARGE).
     #[error("{reason} (limit {limit}): {message}")]
     LimitReached {

@@ -44,6 +44,7 @@ impl NewOffering {
             max_units_per_investor: self.max_units_per_investor,
             subscribed_units: 0,
             investor_count: 0,
+            position_count: 0,
             status: OfferingStatus::Open,
             version: 1,
             create_time: now,

@@ -38,6 +38,12 @@ impl Batch {
         self.check_lot(units)?;
         let head = &self.head;
         let holding = self.holding(investor_id);
+        // A new investor is one without a position (first_sequence is set by the first entry).
+        if holding.first_sequence == 0 && head.position_count >= self.investors_max {
+            return Err(Rejection::InvestorLimitReached {
+                limit: self.investors_max,
+            });
+        }
         let cap = head.max_units_per_investor;
         match head.allocation {
             Allocation::FirstCome => {
@@ -140,6 +146,26 @@ mod tests {
             }
         );
         assert!(batch.apply(&request("b", subscribe("alice", 1))).is_ok());
+    }
+
+    #[test]
+    fn a_new_investor_past_the_limit_is_refused_and_counted_once_admitted() {
+        for start in [head(100, 0), pro_rata_head(100)] {
+            let mut batch = Batch::new(start, vec![], false, vec![], now());
+            batch.investors_max = 2;
+            let first = batch.apply(&request("a", subscribe("alice", 1))).unwrap();
+            assert_eq!(first.offering.position_count, 1);
+            // The same investor again is no new position.
+            batch.apply(&request("b", subscribe("alice", 1))).unwrap();
+            batch.apply(&request("c", subscribe("bob", 1))).unwrap();
+            assert_eq!(
+                batch
+                    .apply(&request("d", subscribe("carol", 1)))
+                    .unwrap_err(),
+                Rejection::InvestorLimitReached { limit: 2 }
+            );
+            batch.apply(&request("e", subscribe("bob", 1))).unwrap();
+        }
     }
 
     #[test]

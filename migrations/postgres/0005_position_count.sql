@@ -1,0 +1,7 @@
+-- Investors with a position, per offering, kept on the head: a new investor past
+-- --max-investors-per-offering is refused without counting rows. Filled here from the positions
+-- recorded so far; every release from this one on counts each position it creates.
+ALTER TABLE offering_head ADD COLUMN position_count bigint NOT NULL DEFAULT 0 CHECK (position_count >= 0);
+UPDATE offering_head AS h SET position_count = p.n
+FROM (SELECT offering_id, count(*) AS n FROM investor_position GROUP BY offering_id) AS p
+WHERE p.offering_id = h.offering_id;
