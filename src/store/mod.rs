@@ -226,6 +226,32 @@ impl<'a> HistoryQuery<'a> {
     }
 }
 
+/// The offerings whose history was recorded before the hash chain and is not hashed yet.
+pub(crate) const UNCHAINED_OFFERINGS: &str =
+    "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id";
+
+/// Hashes the history of each of `unchained` in turn (`backfill`: one offering, in one
+/// transaction under its head lock), then says how many there were.
+pub(crate) async fn backfill_each<'a, F, Fut>(
+    unchained: &'a [String],
+    mut backfill: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(&'a str) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    for offering_id in unchained {
+        backfill(offering_id).await?;
+    }
+    if !unchained.is_empty() {
+        tracing::info!(
+            offerings = unchained.len(),
+            "hashed the history recorded before the hash chain"
+        );
+    }
+    Ok(())
+}
+
 /// Receives one snapshot of an offering (`Store::read_snapshot`), in this order.
 pub trait SnapshotReader: Send {
     fn head(&mut self, head: &Offering);

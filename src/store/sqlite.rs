@@ -146,21 +146,11 @@ impl SqliteStore {
 
     async fn migrate_locked(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
-        let unchained: Vec<String> = sqlx::query_scalar(
-            "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for offering_id in &unchained {
-            self.backfill_chain(offering_id).await?;
-        }
-        if !unchained.is_empty() {
-            tracing::info!(
-                offerings = unchained.len(),
-                "hashed the history recorded before the hash chain"
-            );
-        }
-        Ok(())
+        let unchained: Vec<String> = sqlx::query_scalar(crate::store::UNCHAINED_OFFERINGS)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::store::backfill_each(&unchained, |offering_id| self.backfill_chain(offering_id))
+            .await
     }
 
     /// Hashes one offering's history (docs/hash-chain.md) in ONE BEGIN IMMEDIATE transaction:
