@@ -362,8 +362,10 @@ impl Command {
     }
 
     /// True when this command needs every position of its offering, not only those it names.
+    /// (AllocateOffering needs every investor's demand only, which a store loads apart:
+    /// `OfferingRequests::reads_demands`.)
     pub fn reads_all_positions(&self) -> bool {
-        matches!(self, Self::Allocate { .. } | Self::Amend { .. })
+        matches!(self, Self::Amend { .. })
     }
 
     /// Fields of the entry this command appends that come from the request itself.
@@ -477,7 +479,7 @@ mod tests {
         assert_eq!(close.kind(), EntryKind::OfferingClosed);
         assert_eq!(subscribe("alice", 5).request_fields(), (5, 0));
         assert_eq!(close.request_fields(), (0, 3));
-        assert!(allocate.reads_all_positions());
+        assert!(!allocate.reads_all_positions());
         assert!(!subscribe("alice", 5).reads_all_positions());
     }
 }
