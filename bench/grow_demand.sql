@@ -13,8 +13,8 @@ BEGIN;
 -- to append to the offering.
 ALTER TABLE history_entry DROP CONSTRAINT history_entry_hashed;
 CREATE TEMP TABLE demand AS
-SELECT i, 'investor-' || i AS investor_id, 1 + (i * 7919) % 100 AS units,
-       sum(1 + (i * 7919) % 100) OVER (ORDER BY i) AS running
+SELECT i, 'investor-' || i AS investor_id, 1 + (i::bigint * 7919) % 100 AS units,
+       sum(1 + (i::bigint * 7919) % 100) OVER (ORDER BY i) AS running
 FROM generate_series(1, :investors) AS i;
 SELECT sum(units) AS total FROM demand \gset
 INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, investor_count,

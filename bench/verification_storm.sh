@@ -29,9 +29,9 @@ trap '[ -z "$pid" ] || { kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null;
 PGOPTIONS='-c client_min_messages=warning' psql -q "$pg_url" \
   -c 'DROP DATABASE IF EXISTS subledger_storm_bench WITH (FORCE)' -c 'CREATE DATABASE subledger_storm_bench'
 url=${pg_url%/*}/subledger_storm_bench
-"$server_bin" migrate --database-url "$url" >/dev/null
+"$server_bin" migrate --database-url "$url" >/dev/null 2>&1
 psql -q "$url" -v offering=grown -v entries="$entries" -f "$root/bench/grow_history.sql" >/dev/null
-"$server_bin" migrate --database-url "$url" >/dev/null
+"$server_bin" migrate --database-url "$url" >/dev/null 2>&1
 RUST_LOG=warn "$server_bin" serve --listen "127.0.0.1:$port" --database-url "$url" &
 pid=$!
 for _ in $(seq 100); do
@@ -45,9 +45,9 @@ run() {
   shift
   "$bin" bench --target "http://127.0.0.1:$port" --scenario mixed --offerings 100 \
     --concurrency "$concurrency" --duration "${secs}s" --json "$@" >"/tmp/storm-$label.json"
-  jq -r --arg label "$label" '.latency_ms_by_method | to_entries[]
+  jq -r --arg run "$label" '.latency_ms_by_method | to_entries[]
       | select(.key == "GetOffering" or .key == "Subscribe" or .key == "VerifyOffering")
-      | "\($label)\t\(.key)\tcalls \(.value.calls)\tp50 \(.value.p50) ms\tp99 \(.value.p99) ms\tmax \(.value.max) ms"' \
+      | "\($run)\t\(.key)\tcalls \(.value.calls)\tp50 \(.value.p50) ms\tp99 \(.value.p99) ms\tmax \(.value.max) ms"' \
     "/tmp/storm-$label.json"
 }
 

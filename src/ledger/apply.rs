@@ -14,11 +14,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::allocation::Demand;
 use super::chain;
+use super::command::allocate::AllocationRun;
 use super::idempotency::{self, Idempotency};
 use super::outcome::{Applied, Rejection, Results};
 use super::types::{
-    Command, Entry, EntryKind, Offering, OfferingStatus, Position, Request, Timestamp,
+    Allocation, Command, Entry, EntryKind, Offering, OfferingStatus, Position, Request, Timestamp,
 };
 
 /// The actor of what the clock does (the CLOSED entry appended once close_time has passed).
@@ -60,14 +62,29 @@ pub struct Batch {
     /// offering as closed (GetOffering shows it so) saw that version.
     version_before_clock: Option<i64>,
     appended: Vec<Entry>,
+    /// Every stored demand of the offering, when the batch may allocate (`with_demands`).
+    pub(super) demands: Option<Vec<Demand>>,
+    /// The ALLOCATED entries, when the batch allocated: kept apart from `appended`, compact.
+    pub(super) allocation: Option<AllocationRun>,
 }
 
 /// What a batch leaves to write: the new head, the entries to append (in sequence order) and
-/// the positions whose units or demand changed.
+/// the positions whose units or demand changed, and an allocation's entries and positions,
+/// which the store writes a chunk at a time ([`AllocationRun::chunks`]). Every entry is hashed
+/// already, so the order of the writes does not matter; `positions` holds the latest state of
+/// an investor found in both.
 pub struct BatchWrites {
     pub head: Offering,
     pub entries: Vec<Entry>,
     pub positions: Vec<Position>,
+    pub allocation: Option<AllocationRun>,
+}
+
+impl BatchWrites {
+    /// Entries to append, the allocation's included.
+    pub fn entry_count(&self) -> usize {
+        self.entries.len() + self.allocation.as_ref().map_or(0, AllocationRun::len)
+    }
 }
 
 impl Batch {
@@ -107,7 +124,17 @@ impl Batch {
             now,
             version_before_clock: None,
             appended: Vec::new(),
+            demands: None,
+            allocation: None,
         }
+    }
+
+    /// Gives the batch every stored demand of its offering: investor_id, demanded_units and
+    /// first_sequence of each position with demanded_units > 0, in any order. A batch that may
+    /// allocate needs them ([`OfferingRequests::reads_demands`]).
+    pub fn with_demands(mut self, demands: Vec<Demand>) -> Self {
+        self.demands = Some(demands);
+        self
     }
 
     /// Validates `request` against the running state and, if accepted, records its effect.
@@ -364,6 +391,7 @@ impl Batch {
             head: self.head,
             entries: self.appended,
             positions,
+            allocation: self.allocation,
         }
     }
 }
@@ -384,20 +412,35 @@ impl OfferingRequests {
             .iter()
             .any(|r| r.command.reads_all_positions())
     }
+
+    /// True when a store must load every stored demand of the offering whose head is `head`
+    /// ([`Batch::with_demands`]): a request allocates, and the offering is pro rata and not
+    /// allocated yet (a retried AllocateOffering of an allocated offering replays without them).
+    pub fn reads_demands(&self, head: &Offering) -> bool {
+        head.allocation == Allocation::ProRata
+            && matches!(head.status, OfferingStatus::Open | OfferingStatus::Closed)
+            && self
+                .requests
+                .iter()
+                .any(|r| matches!(r.command, Command::Allocate { .. }))
+    }
 }
 
 /// Applies the requests of several offerings, each against its own locked head, from the rows a
 /// store loaded for all of them at once: the heads that exist, the positions of the investors
-/// named (all of them for offerings whose requests [read all positions]), and the recorded
-/// entries of the request_ids named. Returns the results and the rows to write (only for
-/// offerings that changed).
+/// named (all of them for offerings whose requests [read all positions]), the recorded
+/// entries of the request_ids named, and the stored demands of each offering whose requests
+/// [read them], by offering_id. Returns the results and the rows to write (only for offerings
+/// that changed).
 ///
 /// [read all positions]: OfferingRequests::reads_all_positions
+/// [read them]: OfferingRequests::reads_demands
 pub fn apply_all(
     work: &[OfferingRequests],
     heads: Vec<Offering>,
     positions: Vec<Position>,
     recorded: Vec<Entry>,
+    mut demands: HashMap<String, Vec<Demand>>,
     now: Timestamp,
 ) -> (Results, Vec<BatchWrites>) {
     let mut heads: HashMap<String, Offering> = heads
@@ -437,6 +480,9 @@ pub fn apply_all(
         let all_positions = item.reads_all_positions();
         let mut batch = Batch::new(head, positions, all_positions, recorded, now);
         batch.investors_max = item.investors_max;
+        if let Some(demands) = demands.remove(&*item.offering_id) {
+            batch = batch.with_demands(demands);
+        }
         results.push(
             item.requests
                 .iter()
@@ -529,7 +575,14 @@ mod tests {
                 investors_max: 10,
             },
         ];
-        let (results, writes) = apply_all(&work, vec![head(10, 0), other], vec![], vec![], now());
+        let (results, writes) = apply_all(
+            &work,
+            vec![head(10, 0), other],
+            vec![],
+            vec![],
+            HashMap::new(),
+            now(),
+        );
         assert_eq!(
             results.len(),
             3,

@@ -23,6 +23,7 @@ pub use apply::{
     Batch, BatchWrites, CLOSED_BY_CLOCK_REQUEST_ID, OfferingRequests, SYSTEM_ACTOR, UNKNOWN_ACTOR,
     apply_all,
 };
+pub use command::allocate::{AllocationChunk, AllocationRun};
 pub use command::create::{CreateOutcome, check_create};
 pub use outcome::{Applied, Rejection, Results};
 pub use types::*;

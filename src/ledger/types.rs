@@ -365,11 +365,12 @@ impl Command {
     }
 
     /// True when this command needs every position of its offering, not only those it names:
-    /// an allocation, and an amendment that sets a per-investor cap (checked against every
-    /// holding). A name, close_time or max_units change reads none: the head has all it needs.
+    /// an amendment that sets a per-investor cap (checked against every holding). A name,
+    /// close_time or max_units change reads none: the head has all it needs. (AllocateOffering
+    /// needs every investor's demand only, which a store loads apart:
+    /// `OfferingRequests::reads_demands`.)
     pub fn reads_all_positions(&self) -> bool {
         match self {
-            Self::Allocate { .. } => true,
             Self::Amend { changes, .. } => {
                 changes.max_units_per_investor.is_some_and(|cap| cap > 0)
             }
@@ -488,7 +489,7 @@ mod tests {
         assert_eq!(close.kind(), EntryKind::OfferingClosed);
         assert_eq!(subscribe("alice", 5).request_fields(), (5, 0));
         assert_eq!(close.request_fields(), (0, 3));
-        assert!(allocate.reads_all_positions());
+        assert!(!allocate.reads_all_positions());
         assert!(!subscribe("alice", 5).reads_all_positions());
     }
 

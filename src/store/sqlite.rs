@@ -5,6 +5,7 @@
 //! processes sharing the file. WAL mode lets reads go on meanwhile; synchronous=FULL makes a
 //! commit durable before the caller is answered, even across a power loss.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -23,9 +24,10 @@ use super::{
     CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store,
     StoreError,
 };
+use crate::ledger::allocation::Demand;
 use crate::ledger::{
-    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
-    Rejection, Results, check_create,
+    self, AllocationRun, BatchWrites, CreateOutcome, Entry, NewOffering, Offering,
+    OfferingRequests, Position, Rejection, Results, check_create,
 };
 
 /// How long a writer waits for another connection or process to release the write lock before
@@ -49,6 +51,10 @@ pub const LIST_OFFERINGS_SQL: &str = concat!(
     head_columns!(),
     " FROM offering_head WHERE offering_id > ?1 ORDER BY offering_id LIMIT ?2"
 );
+
+/// Rows of an allocation built at a time while they are inserted: bounds the memory a million
+/// investors take, as PostgreSQL's chunks do.
+const ALLOCATION_CHUNK_ROWS: usize = 10_000;
 
 /// The writes of whole rows, made once from the column lists (rows.rs).
 static INSERT_HEAD: LazyLock<String> =
@@ -274,19 +280,55 @@ impl SqliteStore {
         ))
     }
 
+    /// Every stored demand of the offering: the three columns allocation needs, nothing else.
+    async fn load_demands(
+        tx: &mut Transaction<'static, Sqlite>,
+        offering_id: &str,
+    ) -> Result<Vec<Demand>, StoreError> {
+        let demands = sqlx::query_as::<_, (String, i64, i64)>(
+            "SELECT investor_id, demanded_units, first_sequence FROM investor_position \
+             WHERE offering_id = ?1 AND demanded_units > 0",
+        )
+        .bind(offering_id)
+        .fetch(&mut **tx)
+        .map_ok(|(investor_id, demand, first_sequence)| Demand {
+            investor_id,
+            demand,
+            first_sequence,
+        })
+        .try_collect()
+        .await?;
+        Ok(demands)
+    }
+
+    /// An allocation's entries and positions, built a chunk at a time as they are inserted.
+    async fn write_allocation(
+        tx: &mut Transaction<'static, Sqlite>,
+        run: &AllocationRun,
+    ) -> Result<(), StoreError> {
+        for chunk in run.chunks(ALLOCATION_CHUNK_ROWS) {
+            for entry in &chunk.entries {
+                insert_entry(tx, entry).await?;
+            }
+            for position in &chunk.positions {
+                upsert_position(tx, position).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn write(
         tx: &mut Transaction<'static, Sqlite>,
         writes: &BatchWrites,
     ) -> Result<(), StoreError> {
+        if let Some(run) = &writes.allocation {
+            Self::write_allocation(tx, run).await?;
+        }
         for entry in &writes.entries {
             insert_entry(tx, entry).await?;
         }
         for position in &writes.positions {
-            let upsert = sqlx::query(UPSERT_POSITION.as_str());
-            PositionRow::from(position)
-                .bind(upsert, Selection::All)
-                .execute(&mut **tx)
-                .await?;
+            upsert_position(tx, position).await?;
         }
         let update = sqlx::query(UPDATE_HEAD.as_str());
         HeadRow::from(&writes.head)
@@ -343,6 +385,18 @@ async fn insert_entry(
     Ok(())
 }
 
+async fn upsert_position(
+    tx: &mut Transaction<'static, Sqlite>,
+    position: &Position,
+) -> Result<(), StoreError> {
+    let upsert = sqlx::query(UPSERT_POSITION.as_str());
+    PositionRow::from(position)
+        .bind(upsert, Selection::All)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
@@ -390,17 +444,24 @@ impl Store for SqliteStore {
         let _writer = self.writer.lock().await;
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let (mut heads, mut positions, mut recorded) = (Vec::new(), Vec::new(), Vec::new());
+        let mut demands = HashMap::new();
         for item in work {
             let Some(head) = Self::select_head_row(&mut tx, &item.offering_id).await? else {
                 continue;
             };
             head.require_chained()?;
-            heads.push(head.try_into()?);
+            let head: Offering = head.try_into()?;
+            if item.reads_demands(&head) {
+                let stored = Self::load_demands(&mut tx, &item.offering_id).await?;
+                demands.insert(head.offering_id.clone(), stored);
+            }
+            heads.push(head);
             let (item_positions, item_recorded) = Self::load_batch_inputs(&mut tx, item).await?;
             positions.extend(item_positions);
             recorded.extend(item_recorded);
         }
-        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, super::now());
+        let (results, writes) =
+            super::decide(work, heads, positions, recorded, demands, super::now()).await;
         if writes.is_empty() {
             tx.rollback().await?;
             return Ok(results);

@@ -11,7 +11,7 @@
 //! - `allocate`: AllocateOffering
 //! - `amend`: AmendOffering
 
-mod allocate;
+pub(super) mod allocate;
 mod amend;
 mod close;
 pub mod create;

@@ -1,13 +1,23 @@
 //! One batch of mutations in one transaction: lock the heads of its offerings, read the
 //! positions and (on a retry) the request_ids already recorded, let the ledger decide, write
 //! everything in one statement (`write`), commit. Four round trips under the head locks.
+//!
+//! A batch that allocates also reads every investor's demand (`load_demands`), is decided on a
+//! blocking thread (a million entries take a second or more to hash), and writes its allocation
+//! in chunks (`write_allocation`) before the one statement.
+
+use std::collections::HashMap;
 
 use chrono::SubsecRound;
+use futures::TryStreamExt;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use super::PgStore;
-use crate::ledger::{self, Entry, Offering, OfferingRequests, Position, Results, Timestamp};
+use crate::ledger::allocation::Demand;
+use crate::ledger::{
+    self, BatchWrites, Entry, Offering, OfferingRequests, Position, Results, Timestamp,
+};
 use crate::store::rows::{
     EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
     position_columns,
@@ -105,6 +115,40 @@ impl PgStore {
         Ok(rows.into_iter().map(Position::from).collect())
     }
 
+    /// Every stored demand of each offering of `work` whose batch may allocate, by offering_id
+    /// (`OfferingRequests::reads_demands`): the three columns the rule needs and nothing else,
+    /// in no particular order (the ledger orders them).
+    async fn load_demands(
+        &self,
+        connection: &mut PgConnection,
+        work: &[OfferingRequests],
+        heads: &[Offering],
+    ) -> Result<HashMap<String, Vec<Demand>>, StoreError> {
+        let mut demands = HashMap::new();
+        for item in work {
+            let Some(head) = heads.iter().find(|h| h.offering_id == *item.offering_id) else {
+                continue;
+            };
+            if !item.reads_demands(head) {
+                continue;
+            }
+            let rows = sqlx::query_as::<_, (String, i64, i64)>(
+                "SELECT investor_id, demanded_units, first_sequence FROM investor_position \
+                 WHERE offering_id = $1 AND demanded_units > 0",
+            )
+            .bind(&*item.offering_id)
+            .fetch(&mut *connection)
+            .map_ok(|(investor_id, demand, first_sequence)| Demand {
+                investor_id,
+                demand,
+                first_sequence,
+            })
+            .try_collect::<Vec<Demand>>();
+            demands.insert(head.offering_id.clone(), self.bounded(rows).await?);
+        }
+        Ok(demands)
+    }
+
     /// The entries already recorded under the request_ids of `work`.
     async fn load_recorded(
         &self,
@@ -162,8 +206,10 @@ impl PgStore {
         } else {
             self.load_recorded(&mut tx, work).await?
         };
+        let demands = self.load_demands(&mut tx, work, &heads).await?;
         let now = now.unwrap_or_else(crate::store::now);
-        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, now);
+        let (results, writes) =
+            crate::store::decide(work, heads, positions, recorded, demands, now).await;
         if known_new && !ledger::idempotency::presumed_new_stands(results.iter().flatten()) {
             self.bounded(tx.rollback()).await?;
             return Ok(None);
@@ -172,8 +218,12 @@ impl PgStore {
             self.bounded(tx.rollback()).await?;
             return Ok(Some(results));
         }
-        let appended = self.write(&mut tx, &writes).await?;
-        if appended != writes.iter().map(|w| w.entries.len()).sum::<usize>() {
+        let mut appended = 0;
+        for run in writes.iter().filter_map(|w| w.allocation.as_ref()) {
+            appended += self.write_allocation(&mut tx, run).await?;
+        }
+        appended += self.write(&mut tx, &writes).await?;
+        if appended != writes.iter().map(BatchWrites::entry_count).sum::<usize>() {
             debug_assert!(known_new, "request_ids were checked under the lock");
             self.bounded(tx.rollback()).await?;
             return Ok(None);

@@ -2,6 +2,10 @@
 //! updates the heads of every offering the batch changed, each head with a NOTIFY. Its text is
 //! made once from the column lists (rows.rs), and its parameters are one array per column, as
 //! UNNEST takes them: a batch of any size is one round trip.
+//!
+//! An allocation's entries (up to a million) go before it, [`ALLOCATION_CHUNK_ROWS`] at a time
+//! in a statement of their own, so that neither the process nor one statement ever holds them
+//! all.
 
 use std::sync::LazyLock;
 
@@ -10,7 +14,7 @@ use sqlx::postgres::PgConnection;
 
 use super::PgStore;
 use super::changes::CHANGE_CHANNEL;
-use crate::ledger::BatchWrites;
+use crate::ledger::{AllocationRun, BatchWrites};
 use crate::store::StoreError;
 use crate::store::columns::{
     Params, Selection, assign_updated, match_keys, names, on_conflict_update,
@@ -47,7 +51,56 @@ static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Rows of an allocation appended per statement: 10,000 entries and positions are a few MB of
+/// arrays and about a tenth of a second of PostgreSQL's work, so a million investors take a
+/// hundred round trips, and no statement comes near --db-io-timeout.
+pub(super) const ALLOCATION_CHUNK_ROWS: usize = 10_000;
+
+/// Parameters: one array per column of the entries and of the positions. Returns how many
+/// entries were appended (an entry whose request_id is recorded already is skipped).
+static APPEND_ALLOCATION: LazyLock<String> = LazyLock::new(|| {
+    let mut params = Params::postgres();
+    let entry_arrays = params.arrays(EntryRow::COLUMNS, Selection::All);
+    let position_arrays = params.arrays(PositionRow::COLUMNS, Selection::All);
+    format!(
+        "WITH appended AS ( \
+            INSERT INTO history_entry ({entries}) SELECT * FROM UNNEST({entry_arrays}) \
+            ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
+         ), positions AS ( \
+            INSERT INTO investor_position ({positions}) SELECT * FROM UNNEST({position_arrays}) \
+            {position_upsert} \
+         ) \
+         SELECT count(*) FROM appended",
+        entries = names(EntryRow::COLUMNS, Selection::All),
+        positions = names(PositionRow::COLUMNS, Selection::All),
+        position_upsert = on_conflict_update(PositionRow::COLUMNS),
+    )
+});
+
 impl PgStore {
+    /// Appends an allocation's entries and upserts its positions, a chunk per statement, built
+    /// only as it is sent. Returns how many entries were appended.
+    pub(super) async fn write_allocation(
+        &self,
+        connection: &mut PgConnection,
+        run: &AllocationRun,
+    ) -> Result<usize, StoreError> {
+        let mut appended = 0;
+        for chunk in run.chunks(ALLOCATION_CHUNK_ROWS) {
+            let entries = chunk.entries.iter().map(EntryRow::from).collect();
+            let positions = chunk.positions.iter().map(PositionRow::from).collect();
+            drop(chunk);
+            let query = sqlx::query(APPEND_ALLOCATION.as_str());
+            let query = EntryRow::bind_arrays(entries, query, Selection::All);
+            let query = PositionRow::bind_arrays(positions, query, Selection::All);
+            let count = query
+                .try_map(|row: sqlx::postgres::PgRow| row.try_get::<i64, _>(0))
+                .fetch_one(&mut *connection);
+            appended += self.bounded(count).await? as usize;
+        }
+        Ok(appended)
+    }
+
     /// Appends the entries, upserts the positions and updates the heads of every offering that
     /// changed, in one statement; each head update NOTIFYs watchers at commit. Entries whose
     /// request_id is already recorded are skipped; returns how many were appended.
