@@ -17,7 +17,7 @@ use crate::telemetry::metrics;
 /// VerifyOffering calls running at once per process. Each holds a pooled connection for as long
 /// as it reads the offering's whole history (seconds at a million entries); more at once would
 /// take the pool from the writes. Others wait their turn, holding no connection.
-pub const VERIFY_RUNNING_MAX: usize = 2;
+pub const VERIFY_RUNNING_MAX: usize = 1;
 /// VerifyOffering calls running or waiting per process; past it a call is refused.
 pub const VERIFY_ADMITTED_MAX: usize = 64;
 
