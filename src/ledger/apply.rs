@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::allocation::Demand;
+use super::allocation_run::AllocationRun;
 use super::chain;
-use super::command::allocate::AllocationRun;
 use super::idempotency::{self, Idempotency};
 use super::outcome::{Applied, Rejection, Results};
 use super::types::{

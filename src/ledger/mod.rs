@@ -7,6 +7,7 @@
 //! answer.
 
 pub mod allocation;
+mod allocation_run;
 mod apply;
 pub mod chain;
 mod command;
@@ -19,11 +20,11 @@ pub(crate) mod testing;
 mod types;
 pub mod verify;
 
+pub use allocation_run::{AllocationChunk, AllocationRun};
 pub use apply::{
     Batch, BatchWrites, CLOSED_BY_CLOCK_REQUEST_ID, OfferingRequests, SYSTEM_ACTOR, UNKNOWN_ACTOR,
     apply_all,
 };
-pub use command::allocate::{AllocationChunk, AllocationRun};
 pub use command::create::{CreateOutcome, check_create};
 pub use outcome::{Applied, Rejection, Results};
 pub use types::*;
