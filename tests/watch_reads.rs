@@ -8,9 +8,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::metrics::{scrape, start_server_with_metrics};
+use common::metrics::{scrape, start_server_with_metrics_and};
 use common::{Backend, Client, TestDb, Watching, offering, subscribe};
 use prometheus_parse::Value;
+use subledger::server::ServerConfig;
 
 const OFFERINGS: usize = 3;
 const STREAMS_PER_CONNECTION: usize = 50;
@@ -124,7 +125,10 @@ async fn reads_stay_flat_as_watchers_grow(backend: Backend) {
     let db = TestDb::new(backend)
         .await
         .unwrap_or_else(|| panic!("{backend:?} database"));
-    let (server, metrics) = start_server_with_metrics(&db).await;
+    // Every watcher calls from this one process: one anonymous peer, with room for them all.
+    let mut config = ServerConfig::default();
+    config.service.max_watch_streams_per_principal = config.service.max_watch_streams;
+    let (server, metrics) = start_server_with_metrics_and(&db, config).await;
     let mut writer = server.client().await;
     let offering_ids: Vec<String> = (0..OFFERINGS).map(|n| format!("deal-{n}")).collect();
     for id in &offering_ids {

@@ -10,12 +10,20 @@ use super::{TestDb, TestServer};
 
 /// A server that also serves /metrics, and where.
 pub async fn start_server_with_metrics(db: &TestDb) -> (TestServer, SocketAddr) {
+    start_server_with_metrics_and(db, ServerConfig::default()).await
+}
+
+/// The same, with `config` otherwise.
+pub async fn start_server_with_metrics_and(
+    db: &TestDb,
+    config: ServerConfig,
+) -> (TestServer, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let server = db
         .start_server_with(ServerConfig {
             metrics_listener: Some(listener),
-            ..ServerConfig::default()
+            ..config
         })
         .await;
     (server, address)
