@@ -277,15 +277,16 @@ impl<S: Store> GroupCommitter<S> {
     }
 
     /// One transaction of `work` (given back with its result). A batch that handles every
-    /// position of an offering (an allocation, an amendment of caps) is seconds of CPU at a
-    /// million investors: it runs on a blocking thread, which drives the store itself, so that
-    /// the runtime's threads stay free for every other call.
+    /// investor of an offering (an allocation, an amendment of the per-investor cap) is seconds
+    /// of CPU at a million investors, reading the rows, deciding, hashing and writing: it runs
+    /// on a blocking thread, which drives the store itself, so that the runtime's threads stay
+    /// free for every other call.
     async fn apply(
         &self,
         work: Vec<OfferingRequests>,
         deadline: Instant,
     ) -> (Result<Results, StoreError>, Vec<OfferingRequests>) {
-        if !work.iter().any(OfferingRequests::reads_all_positions) {
+        if !work.iter().any(OfferingRequests::handles_every_investor) {
             return (self.store.apply(&work, deadline).await, work);
         }
         let store = self.store.clone();

@@ -406,6 +406,16 @@ pub struct OfferingRequests {
 }
 
 impl OfferingRequests {
+    /// True when the batch may handle every investor of the offering (an allocation, or an
+    /// amendment checked against every holding): seconds of CPU at a million investors.
+    pub fn handles_every_investor(&self) -> bool {
+        self.reads_all_positions()
+            || self
+                .requests
+                .iter()
+                .any(|r| matches!(r.command, Command::Allocate { .. }))
+    }
+
     /// True when a store must load every position of the offering, not only those named.
     pub fn reads_all_positions(&self) -> bool {
         self.requests

@@ -11,19 +11,16 @@ mod postgres;
 mod rows;
 mod sqlite;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::ledger::allocation::Demand;
 use crate::ledger::chain::Digest;
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
-    self, BatchWrites, CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position,
-    Rejection, Results, Timestamp,
+    CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
 pub use crate::telemetry::metrics::PoolStats;
 
@@ -129,36 +126,6 @@ pub(crate) const READ_ONLY_SQL_TRANSACTION: &str = "25006";
 /// Entries the backfill of the hash chain reads, hashes and writes back at a time: bounds its
 /// memory whatever an offering's length, while a page still costs few round trips.
 pub(crate) const BACKFILL_PAGE_ENTRIES: i64 = 10_000;
-
-/// Demands at most that a batch is decided on the async runtime with; past it, on a blocking
-/// thread. Ten thousand investors take a few milliseconds to allocate and hash; a million take
-/// seconds, which would stall every other call the runtime thread serves.
-const DEMANDS_DECIDED_INLINE_MAX: usize = 10_000;
-
-/// `ledger::apply_all`, on a blocking thread when the batch allocates over many investors: the
-/// one place both backends let the ledger decide.
-pub(crate) async fn decide(
-    work: &[OfferingRequests],
-    heads: Vec<Offering>,
-    positions: Vec<Position>,
-    recorded: Vec<Entry>,
-    demands: HashMap<String, Vec<Demand>>,
-    now: Timestamp,
-) -> (Results, Vec<BatchWrites>) {
-    if demands.values().map(Vec::len).sum::<usize>() <= DEMANDS_DECIDED_INLINE_MAX {
-        return ledger::apply_all(work, heads, positions, recorded, demands, now);
-    }
-    let work = work.to_vec();
-    let decided = tokio::task::spawn_blocking(move || {
-        ledger::apply_all(&work, heads, positions, recorded, demands, now)
-    });
-    match decided.await {
-        Ok(decided) => decided,
-        // A bug in the ledger panics the caller's task, as it would have inline.
-        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
-        Err(error) => panic!("the runtime shut down while a batch was decided: {error}"),
-    }
-}
 
 /// The time recorded for a write: microsecond precision, which both databases store exactly,
 /// so what a reply says and what a later read returns are equal.

@@ -461,7 +461,7 @@ impl Store for SqliteStore {
             recorded.extend(item_recorded);
         }
         let (results, writes) =
-            super::decide(work, heads, positions, recorded, demands, super::now()).await;
+            ledger::apply_all(work, heads, positions, recorded, demands, super::now());
         if writes.is_empty() {
             tx.rollback().await?;
             return Ok(results);

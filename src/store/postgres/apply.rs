@@ -208,8 +208,7 @@ impl PgStore {
         };
         let demands = self.load_demands(&mut tx, work, &heads).await?;
         let now = now.unwrap_or_else(crate::store::now);
-        let (results, writes) =
-            crate::store::decide(work, heads, positions, recorded, demands, now).await;
+        let (results, writes) = ledger::apply_all(work, heads, positions, recorded, demands, now);
         if known_new && !ledger::idempotency::presumed_new_stands(results.iter().flatten()) {
             self.bounded(tx.rollback()).await?;
             return Ok(None);
