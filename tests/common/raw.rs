@@ -14,12 +14,16 @@ pub async fn call(
     body: Vec<u8>,
     metadata: Option<(&'static str, String)>,
 ) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+    call_on(connect(address).await, path, body, metadata).await
+}
+
+/// A new connection to `address`.
+async fn connect(address: SocketAddr) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{address}"))
         .unwrap()
         .connect()
         .await
-        .unwrap();
-    call_on(channel, path, body, metadata).await
+        .unwrap()
 }
 
 /// The same, on a channel of the caller's.
@@ -46,12 +50,7 @@ pub async fn call_with_messages(
     path: &str,
     messages: Vec<Vec<u8>>,
 ) -> Result<(), tonic::Status> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut grpc = tonic::client::Grpc::new(channel);
+    let mut grpc = tonic::client::Grpc::new(connect(address).await);
     grpc.ready().await.unwrap();
     let request = tonic::Request::new(tokio_stream::iter(messages));
     let path = http::uri::PathAndQuery::try_from(path).expect("a path");

@@ -26,10 +26,27 @@ use crate::store::rows::{EntryRow, HeadRow, PositionRow};
 /// recorded already is skipped, and counted out of what the statement returns.
 static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
     let mut params = Params::postgres();
-    let entry_arrays = params.arrays(EntryRow::COLUMNS, Selection::All);
-    let position_arrays = params.arrays(PositionRow::COLUMNS, Selection::All);
+    let appended = append_ctes(&mut params);
     let head_arrays = params.arrays(HeadRow::COLUMNS, Selection::Rewritten);
     let channel = params.next();
+    format!(
+        "{appended} \
+         UPDATE offering_head AS h SET {head_assignments} \
+         FROM UNNEST({head_arrays}) AS v ({head_names}) \
+         WHERE {head_keys} \
+         RETURNING (SELECT count(*) FROM appended), pg_notify({channel}, v.version::text || ':' || v.offering_id)",
+        head_assignments = assign_updated(HeadRow::COLUMNS, "v"),
+        head_names = names(HeadRow::COLUMNS, Selection::Rewritten),
+        head_keys = match_keys(HeadRow::COLUMNS, "h", "v"),
+    )
+});
+
+/// The two CTEs both writes start with, taking the next parameters: `appended` inserts the
+/// entries (one array per column; a request_id recorded already is skipped, and `appended`
+/// returns a row per entry inserted), `positions` upserts the positions.
+fn append_ctes(params: &mut Params) -> String {
+    let entry_arrays = params.arrays(EntryRow::COLUMNS, Selection::All);
+    let position_arrays = params.arrays(PositionRow::COLUMNS, Selection::All);
     format!(
         "WITH appended AS ( \
             INSERT INTO history_entry ({entries}) SELECT * FROM UNNEST({entry_arrays}) \
@@ -37,19 +54,12 @@ static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
          ), positions AS ( \
             INSERT INTO investor_position ({positions}) SELECT * FROM UNNEST({position_arrays}) \
             {position_upsert} \
-         ) \
-         UPDATE offering_head AS h SET {head_assignments} \
-         FROM UNNEST({head_arrays}) AS v ({head_names}) \
-         WHERE {head_keys} \
-         RETURNING (SELECT count(*) FROM appended), pg_notify({channel}, v.version::text || ':' || v.offering_id)",
+         )",
         entries = names(EntryRow::COLUMNS, Selection::All),
         positions = names(PositionRow::COLUMNS, Selection::All),
         position_upsert = on_conflict_update(PositionRow::COLUMNS),
-        head_assignments = assign_updated(HeadRow::COLUMNS, "v"),
-        head_names = names(HeadRow::COLUMNS, Selection::Rewritten),
-        head_keys = match_keys(HeadRow::COLUMNS, "h", "v"),
     )
-});
+}
 
 /// Rows of an allocation appended per statement: 10,000 entries and positions are a few MB of
 /// arrays and about a tenth of a second of PostgreSQL's work, so a million investors take a
@@ -59,22 +69,8 @@ pub(super) const ALLOCATION_CHUNK_ROWS: usize = 10_000;
 /// Parameters: one array per column of the entries and of the positions. Returns how many
 /// entries were appended (an entry whose request_id is recorded already is skipped).
 static APPEND_ALLOCATION: LazyLock<String> = LazyLock::new(|| {
-    let mut params = Params::postgres();
-    let entry_arrays = params.arrays(EntryRow::COLUMNS, Selection::All);
-    let position_arrays = params.arrays(PositionRow::COLUMNS, Selection::All);
-    format!(
-        "WITH appended AS ( \
-            INSERT INTO history_entry ({entries}) SELECT * FROM UNNEST({entry_arrays}) \
-            ON CONFLICT (offering_id, request_id) DO NOTHING RETURNING 1 \
-         ), positions AS ( \
-            INSERT INTO investor_position ({positions}) SELECT * FROM UNNEST({position_arrays}) \
-            {position_upsert} \
-         ) \
-         SELECT count(*) FROM appended",
-        entries = names(EntryRow::COLUMNS, Selection::All),
-        positions = names(PositionRow::COLUMNS, Selection::All),
-        position_upsert = on_conflict_update(PositionRow::COLUMNS),
-    )
+    let appended = append_ctes(&mut Params::postgres());
+    format!("{appended} SELECT count(*) FROM appended")
 });
 
 impl PgStore {
