@@ -124,6 +124,14 @@ const OPEN_METHODS: &[&str] = &[
     "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
+/// The service a request's path names (`/package.Service/Method`), or "" for a path of
+/// another form.
+pub fn service_name(path: &str) -> &str {
+    path.strip_prefix('/')
+        .and_then(|p| p.split_once('/'))
+        .map_or("", |(service, _)| service)
+}
+
 /// The name logs and metrics give a call: the RPC's name for the ledger's own RPCs,
 /// service/method for health and reflection, and [`UNKNOWN_METHOD`] for any other path, so
 /// that no path a caller invents becomes a metric series.
@@ -542,11 +550,7 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         use futures::future::Either;
         let path = request.uri().path();
-        let service = path
-            .strip_prefix('/')
-            .and_then(|p| p.split_once('/'))
-            .map_or("", |(service, _)| service);
-        if OPEN_SERVICES.contains(&service) {
+        if OPEN_SERVICES.contains(&service_name(path)) {
             return Either::Left(self.inner.call(request));
         }
         let method = method_name(path);

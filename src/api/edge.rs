@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
-use super::auth::method_name;
+use super::auth::{method_name, service_name};
 use super::error::{ApiError, ERROR_DOMAIN};
 use crate::telemetry::metrics::record_refusal;
 
@@ -143,10 +143,7 @@ fn with_error_info(response: Response<Body>, method: &'static str, path: &str) -
 /// Whether the RPC at `path` takes exactly one request message: every subledger and health RPC
 /// (reflection's stream is the one that takes many).
 fn takes_one_message(path: &str) -> bool {
-    let service = path
-        .strip_prefix('/')
-        .and_then(|p| p.split_once('/'))
-        .map_or("", |(service, _)| service);
+    let service = service_name(path);
     service == crate::proto::SERVICE_NAME || service == "grpc.health.v1.Health"
 }
 
