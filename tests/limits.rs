@@ -229,14 +229,10 @@ async fn watch_streams_past_the_limit_are_refused(db: TestDb) {
         .create_offering(offering("deal", 10, 0))
         .await
         .unwrap();
-    let watch = || proto::WatchHistoryRequest {
-        offering_id: "deal".into(),
-        after_sequence: 0,
-    };
-    let first = client.watch_history(watch()).await.unwrap();
-    let _second = client.watch_history(watch()).await.unwrap();
+    let first = client.watch_history(watch_deal()).await.unwrap();
+    let _second = client.watch_history(watch_deal()).await.unwrap();
     let status = assert_status(
-        client.watch_history(watch()).await,
+        client.watch_history(watch_deal()).await,
         Code::ResourceExhausted,
         "TOO_MANY_WATCH_STREAMS",
     );
@@ -245,11 +241,16 @@ async fn watch_streams_past_the_limit_are_refused(db: TestDb) {
     get_offering_works(&server).await;
     // A stream that ends gives its place back.
     drop(first);
-    common::eventually("the freed place given back", Duration::from_secs(5), || {
+    place_given_back(&client, "the freed place", Duration::from_secs(5)).await;
+}
+
+/// Waits until `client` may open a stream of "deal" again, within `within`.
+async fn place_given_back(client: &common::Client, what: &str, within: Duration) {
+    common::eventually(&format!("{what} given back"), within, || {
         let mut client = client.clone();
         async move {
             client
-                .watch_history(watch())
+                .watch_history(watch_deal())
                 .await
                 .map(drop)
                 .map_err(|s| s.code())
@@ -354,19 +355,10 @@ async fn a_killed_clients_streams_are_freed_within_two_seconds(db: TestDb) {
     child.kill().expect("kill -9 the child");
     child.wait().unwrap();
     let killed = Instant::now();
-    common::eventually(
-        "the killed client's places given back",
+    place_given_back(
+        &client,
+        "the killed client's places",
         Duration::from_secs(2),
-        || {
-            let mut client = client.clone();
-            async move {
-                client
-                    .watch_history(watch_deal())
-                    .await
-                    .map(drop)
-                    .map_err(|s| s.code())
-            }
-        },
     )
     .await;
     eprintln!("places given back {:?} after the kill", killed.elapsed());
