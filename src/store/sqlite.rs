@@ -307,12 +307,7 @@ impl SqliteStore {
         run: &AllocationRun,
     ) -> Result<(), StoreError> {
         for chunk in run.chunks(ALLOCATION_CHUNK_ROWS) {
-            for entry in &chunk.entries {
-                insert_entry(tx, entry).await?;
-            }
-            for position in &chunk.positions {
-                upsert_position(tx, position).await?;
-            }
+            write_rows(tx, &chunk.entries, &chunk.positions).await?;
         }
         Ok(())
     }
@@ -324,12 +319,7 @@ impl SqliteStore {
         if let Some(run) = &writes.allocation {
             Self::write_allocation(tx, run).await?;
         }
-        for entry in &writes.entries {
-            insert_entry(tx, entry).await?;
-        }
-        for position in &writes.positions {
-            upsert_position(tx, position).await?;
-        }
+        write_rows(tx, &writes.entries, &writes.positions).await?;
         let update = sqlx::query(UPDATE_HEAD.as_str());
         HeadRow::from(&writes.head)
             .bind(update, Selection::Rewritten)
@@ -371,6 +361,21 @@ impl SqliteStore {
 
 fn json_array(values: &[&str]) -> String {
     serde_json::Value::from(values.to_vec()).to_string()
+}
+
+/// Appends `entries` and upserts `positions`, one prepared statement a row.
+async fn write_rows(
+    tx: &mut Transaction<'static, Sqlite>,
+    entries: &[Entry],
+    positions: &[Position],
+) -> Result<(), StoreError> {
+    for entry in entries {
+        insert_entry(tx, entry).await?;
+    }
+    for position in positions {
+        upsert_position(tx, position).await?;
+    }
+    Ok(())
 }
 
 async fn insert_entry(
