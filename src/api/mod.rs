@@ -23,6 +23,7 @@ use crate::proto::{self, subscription_ledger_server::SubscriptionLedger};
 use crate::store::Store;
 pub use reads::ACTOR_SCAN_ENTRIES_MAX;
 pub use service::{LedgerService, ServiceLimits, VERIFY_ADMITTED_MAX, VERIFY_RUNNING_MAX};
+pub use watch::route::LedgerServer;
 
 #[tonic::async_trait]
 impl<S: Store> SubscriptionLedger for LedgerService<S> {
@@ -103,13 +104,17 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         reads::list_history(self, request).await
     }
 
-    type WatchHistoryStream = watch::HistoryStream;
+    type WatchHistoryStream = futures::stream::Empty<Result<proto::HistoryEntry, Status>>;
 
+    /// Never called: [`LedgerServer`] serves WatchHistory itself (`reads::watch_history`,
+    /// through `watch::route`), with the codec that sends each entry encoded once.
     async fn watch_history(
         &self,
-        request: Request<proto::WatchHistoryRequest>,
+        _request: Request<proto::WatchHistoryRequest>,
     ) -> Result<Response<Self::WatchHistoryStream>, Status> {
-        reads::watch_history(self, request).await
+        Err(Status::internal(
+            "WatchHistory reached the generated server: serve the ledger through api::LedgerServer",
+        ))
     }
 
     async fn verify_offering(

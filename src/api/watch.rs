@@ -5,8 +5,13 @@
 //! streams of the offering. Whatever a stream misses there (entries that went by before it
 //! followed, or while its client was too slow to keep up), it reads from the database itself:
 //! every entry reaches it once, in sequence order, and a slow stream holds up no other.
+//!
+//! Entries travel encoded ([`codec`]): the shared reader encodes each once for all its streams,
+//! and [`route`] serves the method with the codec that sends those bytes as they are.
 
+pub mod codec;
 pub mod hub;
+pub mod route;
 pub mod slots;
 
 use std::pin::Pin;
@@ -20,13 +25,13 @@ use tonic::Status;
 use super::convert;
 use super::error::ApiError;
 use crate::ledger::{EntryKind, Offering, OfferingStatus};
-use crate::proto;
 use crate::store::{HistoryQuery, Store};
 use crate::telemetry::metrics::WATCH_READS;
+use codec::EncodedEntry;
 use hub::{Fed, FedEntry, Following, WatchHub};
 use slots::WatchSlot;
 
-pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<proto::HistoryEntry, Status>> + Send>>;
+pub type HistoryStream = Pin<Box<dyn Stream<Item = Result<EncodedEntry, Status>> + Send>>;
 
 /// Entries read per query, by a stream catching up and by an offering's shared reader. With
 /// SEND_BUFFER, bounds what a stream whose client reads nothing holds of its own: about
@@ -72,7 +77,7 @@ struct Watcher<S> {
     /// The last sequence sent to the client.
     after_sequence: i64,
     following: Following,
-    sender: mpsc::Sender<Result<proto::HistoryEntry, Status>>,
+    sender: mpsc::Sender<Result<EncodedEntry, Status>>,
     /// This stream's place under the watch limits, given back when the watcher ends.
     _slot: WatchSlot,
 }
@@ -134,7 +139,7 @@ impl<S: Store> Watcher<S> {
 
     /// Sends an entry from the shared reader, after any this stream lacks before it.
     async fn send_fed(&mut self, entry: &FedEntry) -> Result<(), End> {
-        let sequence = entry.message.sequence;
+        let sequence = entry.sequence;
         if sequence > self.after_sequence + 1 {
             // Entries went by before this stream followed, or were dropped from the shared
             // buffer before it took them. The database has them, up to this one at least.
@@ -142,7 +147,9 @@ impl<S: Store> Watcher<S> {
         }
         // Lower: already sent, from the backlog or a catch-up.
         if sequence == self.after_sequence + 1 {
-            self.send(entry.message.clone(), entry.finalized).await?;
+            // The reader's bytes, shared: this stream encodes nothing.
+            self.send(entry.encoded.clone(), sequence, entry.finalized)
+                .await?;
         }
         Ok(())
     }
@@ -160,7 +167,10 @@ impl<S: Store> Watcher<S> {
             let read = entries.len();
             for entry in entries {
                 let finalized = entry.kind == EntryKind::OfferingFinalized;
-                self.send(convert::entry(entry), finalized).await?;
+                let sequence = entry.sequence;
+                // Read by this stream alone, so encoded for it alone.
+                let encoded = EncodedEntry::new(&convert::entry(entry));
+                self.send(encoded, sequence, finalized).await?;
             }
             if read < READ_BATCH as usize {
                 return Ok(());
@@ -168,13 +178,15 @@ impl<S: Store> Watcher<S> {
         }
     }
 
-    async fn send(&mut self, entry: proto::HistoryEntry, finalized: bool) -> Result<(), End> {
-        debug_assert_eq!(
-            entry.sequence,
-            self.after_sequence + 1,
-            "sent in order, once"
-        );
-        self.after_sequence = entry.sequence;
+    /// Sends the entry numbered `sequence`, encoded.
+    async fn send(
+        &mut self,
+        entry: EncodedEntry,
+        sequence: i64,
+        finalized: bool,
+    ) -> Result<(), End> {
+        debug_assert_eq!(sequence, self.after_sequence + 1, "sent in order, once");
+        self.after_sequence = sequence;
         self.sender
             .send(Ok(entry))
             .await

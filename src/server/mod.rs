@@ -17,8 +17,8 @@ pub use connections::ConnectionLimits;
 
 use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::edge::{EdgeLayer, HTTP2_HEADER_LIST_BYTES_MAX, REQUEST_BYTES_MAX};
-use crate::api::{LedgerService, ServiceLimits};
-use crate::proto::{self, subscription_ledger_server::SubscriptionLedgerServer};
+use crate::api::{LedgerServer, LedgerService, ServiceLimits};
+use crate::proto;
 use crate::store::Store;
 use crate::telemetry::metrics;
 
@@ -104,9 +104,10 @@ pub async fn serve<S: Store>(
     }
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let ledger =
-        SubscriptionLedgerServer::new(LedgerService::new(store, config.service, shutdown.clone()))
-            .max_decoding_message_size(REQUEST_BYTES_MAX);
+    let ledger = LedgerServer::new(
+        LedgerService::new(store, config.service, shutdown.clone()),
+        REQUEST_BYTES_MAX,
+    );
     // Live peers answer PINGs long before the idle timeout; dead ones are dropped.
     let keepalive = config.connections.idle_timeout / 3;
     let mut builder = Server::builder()

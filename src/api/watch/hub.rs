@@ -17,11 +17,11 @@ use tokio::time::{Interval, MissedTickBehavior};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::Status;
 
+use super::codec::EncodedEntry;
 use super::{READ_BATCH, failure};
 use crate::api::convert;
 use crate::api::error::ApiError;
 use crate::ledger::EntryKind;
-use crate::proto;
 use crate::store::{Change, Changes, HistoryQuery, Store};
 use crate::telemetry::metrics::{WATCH_POLLS, WATCH_READS};
 
@@ -33,15 +33,17 @@ const FEED_BUFFER: usize = 1024;
 /// What an offering's reader hands to its streams.
 #[derive(Clone)]
 pub(super) enum Fed {
-    Entry(Arc<FedEntry>),
+    Entry(FedEntry),
     /// The reader's read failed: its streams end with this, as their own read would have.
     Failed(Status),
 }
 
-/// An entry as read and converted once, for every stream.
+/// An entry as read and encoded once, for every stream; a clone shares the encoded bytes.
+#[derive(Clone)]
 pub(super) struct FedEntry {
+    pub sequence: i64,
     pub finalized: bool,
-    pub message: proto::HistoryEntry,
+    pub encoded: EncodedEntry,
 }
 
 /// The readers of the offerings watched on this process (owned by the service).
@@ -286,10 +288,11 @@ impl<S: Store> Reader<S> {
                 debug_assert_eq!(entry.sequence, self.read_through + 1, "history has no gaps");
                 self.read_through = entry.sequence;
                 let fed = FedEntry {
+                    sequence: entry.sequence,
                     finalized: entry.kind == EntryKind::OfferingFinalized,
-                    message: convert::entry(entry),
+                    encoded: EncodedEntry::new(&convert::entry(entry)),
                 };
-                let _ = self.feed.entries.send(Fed::Entry(Arc::new(fed)));
+                let _ = self.feed.entries.send(Fed::Entry(fed));
             }
             if read < READ_BATCH as usize {
                 return;
@@ -320,7 +323,7 @@ mod tests {
             .expect("an entry in time")
             .expect("the feed is open");
         match fed {
-            Fed::Entry(entry) => entry.message.sequence,
+            Fed::Entry(entry) => entry.sequence,
             Fed::Failed(status) => panic!("read failed: {status:?}"),
         }
     }
