@@ -621,7 +621,7 @@ mod tests {
                     "{size} {index}"
                 );
             }
-            for from in [spread(2) + 1] {
+            for from in [spread(2) + 1, size] {
                 let proof = Proof::Consistency { from, to: size };
                 let built = proof.build(&rows(&proof, &leaves, &stored)).unwrap();
                 let from_root = roots[from as usize - 1];
