@@ -222,6 +222,87 @@ async fn proof_requests_out_of_bounds_are_refused_by_reason(db: TestDb) {
     assert_invalid(consistency(&mut client, "", 1, 1).await, "offering_id");
 }
 
+/// Investors of the allocation test: their ALLOCATED entries complete a stored subtree of 256.
+const INVESTORS: i64 = 300;
+
+/// An allocation appends its entries in chunks apart from the batch's: the tree's frontier and
+/// stored nodes follow them all, so the allocated history proves and verifies like any other.
+async fn an_allocation_extends_the_tree_like_any_append(db: TestDb) {
+    let server = db.start_server().await;
+    let mut client = server.client().await;
+    let create = proto::CreateOfferingRequest {
+        allocation: proto::Allocation::ProRata.into(),
+        ..offering("grown", 1_000, 0)
+    };
+    client.create_offering(create).await.unwrap();
+    for k in 0..INVESTORS {
+        let request = subscribe("grown", &format!("investor-{k}"), 10, &format!("s-{k}"));
+        client.subscribe(request).await.unwrap();
+    }
+    let before = digest(&mut client, "grown").await;
+    client
+        .close_offering(proto::CloseOfferingRequest {
+            offering_id: "grown".into(),
+            request_id: "close".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    client
+        .allocate_offering(proto::AllocateOfferingRequest {
+            offering_id: "grown".into(),
+            request_id: "allocate".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let after = digest(&mut client, "grown").await;
+    // Created, the subscriptions, closed, one ALLOCATED entry per investor and the status's.
+    assert_eq!(after.tree_size, 1 + INVESTORS + 1 + INVESTORS + 1);
+    let hashes: Vec<[u8; 32]> = full_history(&mut client, "grown")
+        .await
+        .iter()
+        .map(|e| hash(&e.entry_hash))
+        .collect();
+    assert_eq!(hash(&after.root_hash), Frontier::of(&hashes).root());
+    let proof = consistency(&mut client, "grown", before.tree_size, after.tree_size)
+        .await
+        .unwrap();
+    assert!(merkle::verify_consistency(
+        before.tree_size as u64,
+        after.tree_size as u64,
+        &hash(&before.root_hash),
+        &hash(&after.root_hash),
+        &path(&proof.path)
+    ));
+    for sequence in [before.tree_size + 2, 512, after.tree_size] {
+        let proof = inclusion(&mut client, sequence, after.tree_size)
+            .await
+            .unwrap();
+        let index = (sequence - 1) as u64;
+        let size = after.tree_size as u64;
+        let (entry, root) = (hash(&proof.entry_hash), hash(&after.root_hash));
+        let audit_path = path(&proof.audit_path);
+        assert!(merkle::verify_inclusion(
+            index,
+            size,
+            &entry,
+            &audit_path,
+            &root
+        ));
+    }
+    let verdict = client
+        .verify_offering(proto::VerifyOfferingRequest {
+            offering_id: "grown".into(),
+            digest: Some(after),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verdict.ok, "{:?}", verdict.problems);
+    assert_eq!(verdict.digest_ok, Some(true));
+}
+
 fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
@@ -347,5 +428,6 @@ backend_tests!(
     proofs_of_a_migrated_and_appended_history_verify_against_its_digests,
     a_new_offering_proves_from_its_first_entry,
     proof_requests_out_of_bounds_are_refused_by_reason,
+    an_allocation_extends_the_tree_like_any_append,
     saved_proofs_verify_offline_against_kept_digests,
 );
