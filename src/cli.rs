@@ -157,6 +157,14 @@ struct VerifyArgs {
     /// Verify this file, written by `subledger export`, instead of a database.
     #[arg(long, value_name = "FILE", conflicts_with = "offerings")]
     export: Option<PathBuf>,
+    /// Check GetInclusionProof replies (as grpcurl prints them) against --digests, instead of a
+    /// database; repeat for more files.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["offerings", "export"])]
+    inclusion: Vec<PathBuf>,
+    /// Check GetConsistencyProof replies (as grpcurl prints them) against --digests, instead
+    /// of a database; repeat for more files.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["offerings", "export"])]
+    consistency: Vec<PathBuf>,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -340,6 +348,26 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut out = std::io::stdout().lock();
+    if !args.inclusion.is_empty() || !args.consistency.is_empty() {
+        let read = |paths: &[PathBuf]| -> anyhow::Result<Vec<String>> {
+            paths
+                .iter()
+                .map(|path| {
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))
+                })
+                .collect()
+        };
+        let (inclusion, consistency) = (read(&args.inclusion)?, read(&args.consistency)?);
+        let summary = crate::audit::proofs::check(&inclusion, &consistency, &digests, &mut out)?;
+        use std::io::Write as _;
+        writeln!(out, "{summary}")?;
+        return Ok(if summary.holds() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
     let summary = match &args.export {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -230,6 +230,22 @@ async fn call(client: &mut Client, rpc: &str, token: Option<&str>, n: usize) -> 
             }))
             .await
             .map(drop),
+        "GetInclusionProof" => client
+            .get_inclusion_proof(r!(proto::GetInclusionProofRequest {
+                offering_id: "deal".into(),
+                sequence: 1,
+                tree_size: 1,
+            }))
+            .await
+            .map(drop),
+        "GetConsistencyProof" => client
+            .get_consistency_proof(r!(proto::GetConsistencyProofRequest {
+                offering_id: "deal".into(),
+                from_size: 1,
+                to_size: 1,
+            }))
+            .await
+            .map(drop),
         other => {
             panic!("the role matrix has no call for {other}: add one (and a row in RPC_ROLES)")
         }

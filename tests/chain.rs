@@ -110,8 +110,9 @@ async fn a_deleted_and_renumbered_entry_is_found(db: TestDb) {
             "UPDATE history_entry SET sequence = 3, offering_units_after = 13 \
              WHERE offering_id = 'deal' AND sequence = 4",
             "DELETE FROM investor_position WHERE offering_id = 'deal' AND investor_id = 'bob'",
-            "UPDATE offering_head SET version = 3, subscribed_units = 13, investor_count = 2 \
-             WHERE offering_id = 'deal'",
+            // The Merkle tree's size must be the version: cleared, as if never built.
+            "UPDATE offering_head SET version = 3, subscribed_units = 13, investor_count = 2, \
+             merkle_size = NULL, merkle_frontier = NULL WHERE offering_id = 'deal'",
         ],
     )
     .await;
@@ -293,6 +294,7 @@ async fn a_digest_is_the_latest_entry_and_verifies_later(db: TestDb) {
     );
     let beyond = proto::Digest {
         sequence: 99,
+        tree_size: 99,
         ..taken.clone()
     };
     let verdict = verify_against(&mut client, Some(beyond)).await;
@@ -327,6 +329,27 @@ async fn bad_digest_requests_name_their_field(db: TestDb) {
             "digest.entry_hash",
             proto::Digest {
                 entry_hash: vec![0; 31],
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.tree_size",
+            proto::Digest {
+                tree_size: 3,
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.root_hash",
+            proto::Digest {
+                root_hash: vec![0; 31],
+                ..taken.clone()
+            },
+        ),
+        (
+            "digest.root_hash",
+            proto::Digest {
+                tree_size: 0,
                 ..taken.clone()
             },
         ),

@@ -364,47 +364,11 @@ async fn a_killed_clients_streams_are_freed_within_two_seconds(db: TestDb) {
     eprintln!("places given back {:?} after the kill", killed.elapsed());
 }
 
-/// An offering with `entries` history entries, written straight into the database (consistent
-/// with its head and positions), so that verifying it takes a while.
-async fn grow_offering(db: &TestDb, offering_id: &str, entries: i64) {
-    let series = match db.backend {
-        common::Backend::Postgres => {
-            format!("SELECT g AS n FROM generate_series(2, {entries}) AS g")
-        }
-        common::Backend::Sqlite => format!(
-            "WITH RECURSIVE g(n) AS (SELECT 2 UNION ALL SELECT n + 1 FROM g WHERE n < {entries}) SELECT n FROM g"
-        ),
-    };
-    let now = match db.backend {
-        common::Backend::Postgres => "now()",
-        common::Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')",
-    };
-    let head = format!(
-        "INSERT INTO offering_head (offering_id, name, max_units, max_units_per_investor, subscribed_units, \
-            investor_count, status, version, create_time, update_time) \
-         VALUES ('{offering_id}', 'grown', {entries}, 0, {entries} - 1, 1, 1, {entries}, {now}, {now})"
-    );
-    let history = format!(
-        "INSERT INTO history_entry (offering_id, sequence, kind, investor_id, units_delta, investor_units_after, \
-            offering_units_after, request_id, requested_units, expected_version, record_time, actor) \
-         SELECT '{offering_id}', 1, 1, '', 0, 0, 0, 'grow-create', {entries}, 0, {now}, 'grower' \
-         UNION ALL \
-         SELECT '{offering_id}', n, 2, 'whale', 1, n - 1, n - 1, 'grow-' || n, 1, 0, {now}, 'grower' FROM ({series}) AS s"
-    );
-    let position = format!(
-        "INSERT INTO investor_position (offering_id, investor_id, units, update_time) \
-         VALUES ('{offering_id}', 'whale', {entries} - 1, {now})"
-    );
-    // Hashed afterwards by migrate(), as history recorded before the chain is.
-    db.insert_history_before_the_chain(&[&head, &history, &position])
-        .await;
-}
-
 /// More VerifyOffering calls than are admitted: the surplus is refused by name, the rest pass,
 /// and an unrelated read stays fast because the verifications cannot take the pool.
 async fn verifications_are_bounded_and_reads_stay_fast(db: TestDb) {
     let server = db.start_server().await;
-    grow_offering(&db, "grown", 5_000).await;
+    common::grow_offering(&db, "grown", 5_000).await;
     let mut client = server.client().await;
     client
         .create_offering(offering("deal", 10, 0))

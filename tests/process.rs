@@ -392,6 +392,7 @@ async fn verification_alarms_are_for_stored_history_and_once_a_minute() {
         sequence: 2,
         entry_hash: vec![0; 32],
         record_time: None,
+        ..Default::default()
     };
     for _ in 0..3 {
         assert_eq!(verify(Some(forged.clone())).await.digest_ok, Some(false));

@@ -276,6 +276,24 @@ async fn reads(client: &mut common::Client) {
         .await
         .unwrap()
         .into_inner();
+    // The proofs' one read each: GetInclusionProof's entry (ListHistory's statement) and tree.
+    let size = digest.tree_size;
+    client
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            offering_id: "fc".into(),
+            sequence: 1,
+            tree_size: size,
+        })
+        .await
+        .unwrap();
+    client
+        .get_consistency_proof(proto::GetConsistencyProofRequest {
+            offering_id: "fc".into(),
+            from_size: 1,
+            to_size: size,
+        })
+        .await
+        .unwrap();
     for (offering_id, digest) in [("fc", Some(digest)), ("loaded", None)] {
         let verdict = client
             .verify_offering(proto::VerifyOfferingRequest {

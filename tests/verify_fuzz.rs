@@ -101,6 +101,8 @@ fn valid() -> Stored {
 /// they now stand.
 fn export(mut stored: Stored) -> String {
     stored.head.last_hash = chain::link_all(chain::GENESIS, &mut stored.entries);
+    stored.head.tree =
+        subledger::ledger::merkle::Frontier::of(stored.entries.iter().map(|e| &e.entry_hash));
     let mut out = Vec::new();
     let mut writer = ExportWriter::new(&mut out);
     writer.head(&stored.head);

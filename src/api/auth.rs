@@ -73,6 +73,8 @@ pub const RPC_ROLES: &[(&str, Role)] = &[
     ("GetDigest", Role::Reader),
     ("AllocateOffering", Role::Operator),
     ("AmendOffering", Role::Operator),
+    ("GetInclusionProof", Role::Reader),
+    ("GetConsistencyProof", Role::Reader),
 ];
 
 /// Services any caller may use without a credential: load balancers probe health, and grpcurl

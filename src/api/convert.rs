@@ -99,6 +99,12 @@ pub fn digest(digest: Digest) -> proto::Digest {
         sequence: digest.sequence,
         entry_hash: digest.entry_hash.to_vec(),
         record_time: digest.record_time.map(timestamp),
+        tree_size: if digest.root_hash.is_some() {
+            digest.sequence
+        } else {
+            0
+        },
+        root_hash: digest.root_hash.map_or_else(Vec::new, |root| root.to_vec()),
     }
 }
 
@@ -297,6 +303,7 @@ mod tests {
             sequence: 9,
             entry_hash: [9; 32],
             record_time: Some(every_field::time(5)),
+            root_hash: Some([8; 32]),
         };
         assert_eq!(
             digest(kept.clone()),
@@ -305,13 +312,18 @@ mod tests {
                 sequence: 9,
                 entry_hash: vec![9; 32],
                 record_time: Some(timestamp(every_field::time(5))),
+                tree_size: 9,
+                root_hash: vec![8; 32],
             }
         );
         let hash_only = Digest {
             record_time: None,
+            root_hash: None,
             ..kept
         };
-        assert_eq!(digest(hash_only).record_time, None);
+        let hash_only = digest(hash_only);
+        assert_eq!(hash_only.record_time, None);
+        assert_eq!((hash_only.tree_size, hash_only.root_hash), (0, vec![]));
     }
 
     #[test]

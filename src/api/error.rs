@@ -51,6 +51,13 @@ pub enum ApiError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A proof asked about a tree larger than the offering's history.
+    #[error("{field} {requested} is past the offering's history: its tree has {tree_size} entries")]
+    PastHistory {
+        field: &'static str,
+        requested: i64,
+        tree_size: u64,
+    },
 }
 
 impl From<StoreError> for ApiError {
@@ -238,6 +245,16 @@ impl ApiError {
                 ],
             ),
             Self::ShuttingDown => (Code::Unavailable, "SHUTTING_DOWN", vec![]),
+            Self::PastHistory {
+                field, tree_size, ..
+            } => (
+                Code::OutOfRange,
+                "TREE_SIZE_PAST_HISTORY",
+                vec![
+                    ("field", (*field).to_owned()),
+                    ("tree_size", tree_size.to_string()),
+                ],
+            ),
         }
     }
 }

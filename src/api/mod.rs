@@ -12,6 +12,7 @@ mod convert;
 pub mod edge;
 pub mod error;
 mod mutations;
+mod proofs;
 mod reads;
 mod service;
 mod validate;
@@ -129,5 +130,19 @@ impl<S: Store> SubscriptionLedger for LedgerService<S> {
         request: Request<proto::GetDigestRequest>,
     ) -> Result<Response<proto::Digest>, Status> {
         reads::get_digest(self, request).await
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        request: Request<proto::GetInclusionProofRequest>,
+    ) -> Result<Response<proto::InclusionProof>, Status> {
+        proofs::get_inclusion_proof(self, request).await
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        request: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::ConsistencyProof>, Status> {
+        proofs::get_consistency_proof(self, request).await
     }
 }

@@ -108,11 +108,33 @@ pub fn digest(
             ),
         )
     })?;
+    if digest.tree_size != 0 && digest.tree_size != digest.sequence {
+        return Err(ApiError::invalid(
+            "digest.tree_size",
+            format!(
+                "is {}: a digest's tree has its sequence's size (or 0, none)",
+                digest.tree_size
+            ),
+        ));
+    }
+    let root_hash = match (digest.tree_size, digest.root_hash.len()) {
+        (0, 0) => None,
+        (_, 32) if digest.tree_size != 0 => chain::Hash::try_from(digest.root_hash.as_slice()).ok(),
+        (_, length) => {
+            return Err(ApiError::invalid(
+                "digest.root_hash",
+                format!(
+                    "must be 32 bytes (a SHA-256) with tree_size set, or empty without; it is {length} bytes"
+                ),
+            ));
+        }
+    };
     Ok(Some(Digest {
         offering_id: offering_id.to_owned(),
         sequence: digest.sequence,
         entry_hash,
         record_time: timestamp("digest.record_time", digest.record_time)?,
+        root_hash,
     }))
 }
 

@@ -24,12 +24,17 @@ struct DigestText {
     entry_hash: String,
     #[serde(alias = "recordTime", default)]
     record_time: Option<String>,
+    /// Absent from digests taken before the Merkle tree (and from grpcurl's output for 0).
+    #[serde(alias = "treeSize", default)]
+    tree_size: Option<Sequence>,
+    #[serde(alias = "rootHash", default)]
+    root_hash: Option<String>,
 }
 
 /// proto3 JSON writes int64 as a string; JSON lines may write a number.
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Sequence {
+pub(crate) enum Sequence {
     Number(i64),
     Text(String),
 }
@@ -51,15 +56,25 @@ pub fn parse(text: &str) -> anyhow::Result<Vec<Digest>> {
 
 impl DigestText {
     fn parse(self) -> anyhow::Result<Digest> {
-        let sequence = match self.sequence {
-            Sequence::Number(n) => n,
-            Sequence::Text(text) => text
-                .parse()
-                .map_err(|_| anyhow!("sequence {text:?} is not a number"))?,
-        };
+        let sequence = self.sequence.number("sequence")?;
         if sequence < 1 {
             return Err(anyhow!("sequence {sequence} is below 1"));
         }
+        let tree_size = match self.tree_size {
+            None => 0,
+            Some(size) => size.number("tree_size")?,
+        };
+        if tree_size != 0 && tree_size != sequence {
+            return Err(anyhow!(
+                "tree_size {tree_size} is not the sequence {sequence}"
+            ));
+        }
+        let root_hash = match (tree_size, self.root_hash.as_deref()) {
+            (0, None | Some("")) => None,
+            (0, Some(_)) => return Err(anyhow!("a root_hash without a tree_size")),
+            (_, Some(text)) => Some(hash(text)?),
+            (_, None) => return Err(anyhow!("a tree_size without a root_hash")),
+        };
         Ok(Digest {
             offering_id: self.offering_id,
             sequence,
@@ -68,12 +83,24 @@ impl DigestText {
                 .record_time
                 .map(|text| parse_time("record_time", &text))
                 .transpose()?,
+            root_hash,
         })
     }
 }
 
+impl Sequence {
+    pub(crate) fn number(self, name: &str) -> anyhow::Result<i64> {
+        match self {
+            Self::Number(n) => Ok(n),
+            Self::Text(text) => text
+                .parse()
+                .map_err(|_| anyhow!("{name} {text:?} is not a number")),
+        }
+    }
+}
+
 /// 64 hex digits, or the 44 characters of base64 that proto3 JSON writes for 32 bytes.
-fn hash(text: &str) -> anyhow::Result<Hash> {
+pub(crate) fn hash(text: &str) -> anyhow::Result<Hash> {
     if text.len() == 64 {
         return parse_hash("entry_hash", text);
     }
@@ -106,6 +133,23 @@ mod tests {
         assert_eq!(digests[0].entry_hash[31], 31);
         assert_eq!(digests[0].sequence, 4);
         assert!(digests[0].record_time.is_some() && digests[1].record_time.is_none());
+    }
+
+    #[test]
+    fn reads_the_merkle_root_of_a_digest_and_refuses_half_of_one() {
+        let grpcurl = r#"{
+  "offeringId": "deal",
+  "sequence": "4",
+  "entryHash": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+  "treeSize": "4",
+  "rootHash": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+}"#;
+        let digests = parse(grpcurl).unwrap();
+        assert_eq!(digests[0].root_hash.unwrap()[31], 31);
+        let other_size = grpcurl.replace(r#""treeSize": "4""#, r#""treeSize": "3""#);
+        assert!(parse(&other_size).is_err());
+        let no_root = grpcurl.replace(r#""rootHash""#, r#""recordTime""#);
+        assert!(parse(&no_root).is_err());
     }
 
     #[test]

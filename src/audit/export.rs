@@ -13,6 +13,7 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::chain::{self, Hash};
+use crate::ledger::merkle::Frontier;
 use crate::ledger::{
     Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms, Timestamp,
 };
@@ -50,6 +51,12 @@ struct HeadLine {
     max_total_demand: i64,
     demanded_units: i64,
     last_hash: String,
+    /// The Merkle tree's size and frontier (hex, highest subtree first); absent from exports
+    /// made before the tree was kept.
+    #[serde(default)]
+    merkle_size: i64,
+    #[serde(default)]
+    merkle_frontier: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -156,6 +163,8 @@ impl<W: Write + Send> SnapshotReader for ExportWriter<W> {
             max_total_demand: head.max_total_demand,
             demanded_units: head.demanded_units,
             last_hash: chain::hex(&head.last_hash),
+            merkle_size: head.tree.size() as i64,
+            merkle_frontier: chain::hex(&head.tree.to_bytes()),
         }));
     }
 
@@ -260,6 +269,20 @@ pub fn read(text: &str, reader: &mut impl SnapshotReader) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The head's Merkle frontier as the export writes it.
+fn parse_frontier(size: i64, hex: &str) -> anyhow::Result<Frontier> {
+    let size = u64::try_from(size).map_err(|_| anyhow!("merkle_size {size} is negative"))?;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| anyhow!("merkle_frontier is not hex"))?;
+    Ok(Frontier::from_bytes(size, &bytes)?)
+}
+
 impl HeadLine {
     fn parse(self) -> anyhow::Result<Offering> {
         Ok(Offering {
@@ -272,6 +295,7 @@ impl HeadLine {
             open_time: parse_optional_time("open_time", self.open_time.as_deref())?,
             close_time: parse_optional_time("close_time", self.close_time.as_deref())?,
             last_hash: parse_hash("last_hash", &self.last_hash)?,
+            tree: parse_frontier(self.merkle_size, &self.merkle_frontier)?,
             offering_id: self.offering_id,
             name: self.name,
             max_units: self.max_units,

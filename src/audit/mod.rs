@@ -4,10 +4,12 @@
 //! `verify` reads the database directly, with no server, and runs the same verification as
 //! VerifyOffering (`ledger::verify`) on every offering or the named ones, holding each chain
 //! against the digests given. `export` writes one offering's snapshot to a file that
-//! `verify --export` checks the same way with no database at all.
+//! `verify --export` checks the same way with no database at all. `verify --inclusion` and
+//! `--consistency` check Merkle proofs against kept digests, with neither.
 
 pub mod digests;
 pub mod export;
+pub mod proofs;
 
 use std::collections::HashMap;
 use std::fmt;

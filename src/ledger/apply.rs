@@ -18,6 +18,7 @@ use super::allocation::Demand;
 use super::allocation_run::AllocationRun;
 use super::chain;
 use super::idempotency::{self, Idempotency};
+use super::merkle::Node;
 use super::outcome::{Applied, Rejection, Results};
 use super::types::{
     Allocation, Command, Entry, EntryKind, Offering, OfferingStatus, Position, Request, Timestamp,
@@ -66,18 +67,22 @@ pub struct Batch {
     pub(super) demands: Option<Vec<Demand>>,
     /// The ALLOCATED entries, when the batch allocated: kept apart from `appended`, compact.
     pub(super) allocation: Option<AllocationRun>,
+    /// The Merkle tree's nodes that the appends completed and that are stored (`merkle`).
+    pub(super) nodes: Vec<Node>,
 }
 
 /// What a batch leaves to write: the new head, the entries to append (in sequence order) and
 /// the positions whose units or demand changed, and an allocation's entries and positions,
 /// which the store writes a chunk at a time ([`AllocationRun::chunks`]). Every entry is hashed
 /// already, so the order of the writes does not matter; `positions` holds the latest state of
-/// an investor found in both.
+/// an investor found in both. `nodes` are the Merkle tree's stored nodes that the entries (the
+/// allocation's included) completed.
 pub struct BatchWrites {
     pub head: Offering,
     pub entries: Vec<Entry>,
     pub positions: Vec<Position>,
     pub allocation: Option<AllocationRun>,
+    pub nodes: Vec<Node>,
 }
 
 impl BatchWrites {
@@ -126,6 +131,7 @@ impl Batch {
             appended: Vec::new(),
             demands: None,
             allocation: None,
+            nodes: Vec::new(),
         }
     }
 
@@ -261,12 +267,19 @@ impl Batch {
     /// keeps its hash for the next one.
     pub(super) fn push(&mut self, mut entry: Entry) -> Entry {
         debug_assert!((0..=self.head.max_units).contains(&self.head.subscribed_units));
-        debug_assert_eq!(entry.sequence, self.head.version, "entries append in order");
-        self.head.last_hash = chain::link(&self.head.last_hash, &mut entry);
+        self.link(&mut entry);
         self.recorded
             .insert(entry.request_id.clone(), entry.clone());
         self.appended.push(entry.clone());
         entry
+    }
+
+    /// Links `entry` (the next sequence) to the chain and adds it to the Merkle tree: the one
+    /// place where the head's hashes follow an append (an allocation's entries too).
+    pub(super) fn link(&mut self, entry: &mut Entry) {
+        debug_assert_eq!(entry.sequence, self.head.version, "entries append in order");
+        self.head.last_hash = chain::link(&self.head.last_hash, entry);
+        self.head.tree.append(&entry.entry_hash, &mut self.nodes);
     }
 
     /// The CLOSED entry that close_time implies, by the "system" actor.
@@ -392,6 +405,7 @@ impl Batch {
             entries: self.appended,
             positions,
             allocation: self.allocation,
+            nodes: self.nodes,
         }
     }
 }

@@ -27,6 +27,9 @@ pub struct Digest {
     /// The entry's record_time; a digest kept without it is checked by its hash alone (which
     /// covers the time anyway).
     pub record_time: Option<Timestamp>,
+    /// The root of the Merkle tree of the first `sequence` entries (`merkle`); None in a digest
+    /// taken before the tree existed.
+    pub root_hash: Option<Hash>,
 }
 
 impl Digest {
@@ -38,6 +41,8 @@ impl Digest {
             sequence: head.version,
             entry_hash: head.last_hash,
             record_time: Some(head.update_time),
+            // An offering whose tree migrate() has not built yet has none to give.
+            root_hash: (head.tree.size() == head.version as u64).then(|| head.tree.root()),
         }
     }
 }

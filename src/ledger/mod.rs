@@ -14,6 +14,7 @@ mod command;
 pub mod fields;
 pub mod idempotency;
 pub mod limits;
+pub mod merkle;
 mod outcome;
 #[cfg(test)]
 pub(crate) mod testing;

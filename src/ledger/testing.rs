@@ -114,6 +114,8 @@ pub mod every_field {
             max_total_demand: 5_000,
             demanded_units: 700,
             last_hash: [7; 32],
+            tree: crate::ledger::merkle::Frontier::from_bytes(9, &[[5; 32], [6; 32]].concat())
+                .unwrap(),
         }
     }
 

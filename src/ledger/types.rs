@@ -169,6 +169,9 @@ pub struct Offering {
     /// The entry_hash of the latest history entry (see `chain`): the next append links to it
     /// without reading that entry.
     pub last_hash: [u8; 32],
+    /// The Merkle tree of the history (see `merkle`): its frontier, whose size is `version`
+    /// once built (0 for an offering whose tree migrate() has not built yet).
+    pub tree: super::merkle::Frontier,
 }
 
 impl Offering {

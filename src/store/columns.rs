@@ -234,6 +234,8 @@ macro_rules! table {
         }
     ) => {
         /// The columns in their declared order, as a literal: statements stay `&'static str`.
+        /// (A table read only whole by tests, like merkle_node, leaves it unused.)
+        #[allow(unused_macros)]
         macro_rules! $list {
             () => {
                 $crate::store::columns::comma_separated!($($column)+)

@@ -180,6 +180,14 @@ impl Store for FakeStore {
             .collect())
     }
 
+    async fn tree_rows(
+        &self,
+        _: &str,
+        _: &[crate::ledger::merkle::NodeRange],
+    ) -> Result<Vec<Vec<crate::ledger::chain::Hash>>, StoreError> {
+        unreachable!("no unit test reads the Merkle tree")
+    }
+
     fn changes(&self) -> Changes {
         Changes::new(self.changes.subscribe(), None)
     }

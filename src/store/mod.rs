@@ -17,7 +17,8 @@ use std::time::Instant;
 
 use tokio::sync::{broadcast, watch};
 
-use crate::ledger::chain::Digest;
+use crate::ledger::chain::{Digest, Hash};
+use crate::ledger::merkle::{Built, NodeRange, Proof};
 use crate::ledger::verify::{Report, Verifier};
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
@@ -230,6 +231,68 @@ impl<'a> HistoryQuery<'a> {
 pub(crate) const UNCHAINED_OFFERINGS: &str =
     "SELECT offering_id FROM offering_head WHERE last_hash IS NULL ORDER BY offering_id";
 
+/// The offerings whose Merkle tree is not built yet: recorded before it (migration 0007).
+pub(crate) const UNBUILT_TREES: &str =
+    "SELECT offering_id FROM offering_head WHERE merkle_size IS NULL ORDER BY offering_id";
+
+/// Builds an offering's Merkle tree from its entry hashes, read a page at a time in sequence
+/// order: `add` takes a page and returns the stored nodes it completed.
+pub(crate) struct TreeBuild {
+    pub frontier: crate::ledger::merkle::Frontier,
+    pub after_sequence: i64,
+}
+
+impl TreeBuild {
+    pub fn new() -> Self {
+        Self {
+            frontier: Default::default(),
+            after_sequence: 0,
+        }
+    }
+
+    /// Appends a page of (sequence, entry_hash) rows; the nodes to store. A gap in the
+    /// sequences or a missing hash is a broken history, which the tree must not paper over.
+    pub fn add(
+        &mut self,
+        offering_id: &str,
+        rows: Vec<(i64, Option<Vec<u8>>)>,
+    ) -> Result<Vec<crate::ledger::merkle::Node>, StoreError> {
+        let mut nodes = Vec::new();
+        for (sequence, hash) in rows {
+            let hash: Option<crate::ledger::chain::Hash> =
+                hash.and_then(|h| h.as_slice().try_into().ok());
+            let (Some(hash), true) = (hash, sequence == self.after_sequence + 1) else {
+                return Err(StoreError::Corrupt(format!(
+                    "offering {offering_id:?}: entry {sequence} after {} has no 32-byte hash or leaves a gap; its Merkle tree cannot be built",
+                    self.after_sequence
+                )));
+            };
+            self.frontier.append(&hash, &mut nodes);
+            self.after_sequence = sequence;
+        }
+        Ok(nodes)
+    }
+}
+
+/// Rows read for [`Store::tree_rows`] as (the range's position in the request, hash), in order
+/// within each range, grouped back into one list per range.
+pub(crate) fn rows_by_range(
+    ranges: usize,
+    rows: Vec<(i64, Vec<u8>)>,
+) -> Result<Vec<Vec<Hash>>, StoreError> {
+    let mut grouped = vec![Vec::new(); ranges];
+    for (range, bytes) in rows {
+        let hash = Hash::try_from(bytes.as_slice())
+            .map_err(|_| StoreError::Corrupt(format!("a tree hash is {} bytes", bytes.len())))?;
+        let slot = usize::try_from(range)
+            .ok()
+            .and_then(|range| grouped.get_mut(range))
+            .ok_or_else(|| StoreError::Corrupt(format!("a tree row of range {range}")))?;
+        slot.push(hash);
+    }
+    Ok(grouped)
+}
+
 /// Hashes the history of each of `unchained` in turn (`backfill`: one offering, in one
 /// transaction under its head lock), then says how many there were.
 pub(crate) async fn backfill_each<'a, F, Fut>(
@@ -247,6 +310,28 @@ where
         tracing::info!(
             offerings = unchained.len(),
             "hashed the history recorded before the hash chain"
+        );
+    }
+    Ok(())
+}
+
+/// Builds the Merkle tree of each of `unbuilt` in turn (`build`: one offering, in one
+/// transaction under its head lock), then says how many there were.
+pub(crate) async fn build_trees_each<'a, F, Fut>(
+    unbuilt: &'a [String],
+    mut build: F,
+) -> Result<(), StoreError>
+where
+    F: FnMut(&'a str) -> Fut,
+    Fut: Future<Output = Result<(), StoreError>>,
+{
+    for offering_id in unbuilt {
+        build(offering_id).await?;
+    }
+    if !unbuilt.is_empty() {
+        tracing::info!(
+            offerings = unbuilt.len(),
+            "built the Merkle tree of the history recorded before it"
         );
     }
     Ok(())
@@ -398,6 +483,33 @@ pub trait Store: Clone + Send + Sync + 'static {
         &self,
         query: HistoryQuery<'_>,
     ) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// The rows of each of `ranges` of the offering's Merkle tree ([`Proof::ranges`]), range
+    /// for range, in order: the entry_hash of sequences first + 1 ..= first + count for level
+    /// 0, the stored nodes of that level otherwise. A range the tree does not hold comes back
+    /// short. Entries and stored nodes are never changed once written, so the ranges need not
+    /// be read in one snapshot.
+    fn tree_rows(
+        &self,
+        offering_id: &str,
+        ranges: &[NodeRange],
+    ) -> impl Future<Output = Result<Vec<Vec<Hash>>, StoreError>> + Send;
+
+    /// A proof over the offering's Merkle tree, whose sizes the caller checked against the
+    /// head: a few thousand rows read at most, and a few thousand hashes.
+    fn prove(
+        &self,
+        offering_id: &str,
+        proof: Proof,
+    ) -> impl Future<Output = Result<Built, StoreError>> + Send {
+        async move {
+            let ranges = proof.ranges();
+            let rows = self.tree_rows(offering_id, &ranges).await?;
+            proof
+                .build(&rows)
+                .map_err(|error| StoreError::Corrupt(format!("offering {offering_id:?}: {error}")))
+        }
+    }
 
     /// Changes committed from now on, through this process or (PostgreSQL) any replica.
     /// PostgreSQL: commits of other replicas are announced once its listener is in place, which

@@ -8,6 +8,7 @@ use crate::ledger::{
 
 use super::StoreError;
 use super::columns::table;
+use crate::ledger::merkle::{Frontier, Node};
 
 table! {
     /// offering_head: one row per offering, locked by every writer of the offering.
@@ -32,6 +33,10 @@ table! {
         demanded_units: i64 [bigint, updated] = head.demanded_units,
         /// NULL only for an offering recorded before the chain and not yet backfilled.
         last_hash: Option<Vec<u8>> [bytea, updated] = Some(head.last_hash.to_vec()),
+        /// The Merkle tree's size (the version, once built) and frontier; NULL only for an
+        /// offering recorded before the tree and not yet built (migrate() builds it).
+        merkle_size: Option<i64> [bigint, updated] = Some(head.tree.size() as i64),
+        merkle_frontier: Option<Vec<u8>> [bytea, updated] = Some(head.tree.to_bytes()),
     }
 }
 
@@ -84,7 +89,41 @@ table! {
     }
 }
 
+/// A stored node of an offering's Merkle tree, as a batch's write takes it.
+pub struct OfferingNode {
+    pub offering_id: String,
+    pub node: Node,
+}
+
+table! {
+    /// merkle_node: the root of a complete subtree of a stored level, never updated.
+    pub struct NodeRow from OfferingNode (stored), listed by node_columns! {
+        offering_id: String [text, key] = stored.offering_id.clone(),
+        level: i16 [smallint, key] = i16::from(stored.node.level),
+        idx: i64 [bigint, key] = stored.node.index as i64,
+        hash: Vec<u8> [bytea] = stored.node.hash.to_vec(),
+    }
+}
+
+impl NodeRow {
+    /// The stored nodes of every offering `writes` changed.
+    pub fn of_writes(writes: &[crate::ledger::BatchWrites]) -> Vec<Self> {
+        writes
+            .iter()
+            .flat_map(|w| {
+                w.nodes.iter().map(|node| {
+                    Self::from(&OfferingNode {
+                        offering_id: w.head.offering_id.clone(),
+                        node: node.clone(),
+                    })
+                })
+            })
+            .collect()
+    }
+}
+
 /// Every table's columns, for the checks that what else lists them (the export) lists them all.
+/// merkle_node is not among them: its rows are derived from the entries' hashes alone.
 #[cfg(test)]
 pub(crate) const STORED_COLUMNS: [(&str, &[super::columns::Column]); 3] = [
     ("offering_head", HeadRow::COLUMNS),
@@ -97,10 +136,14 @@ impl HeadRow {
     /// refuse it (migrate() hashes every offering before a server serves; only rows loaded
     /// straight into the database since then can lack it, until the next migrate).
     pub fn require_chained(&self) -> Result<(), StoreError> {
-        match self.last_hash {
-            Some(_) => Ok(()),
-            None => Err(StoreError::Corrupt(format!(
+        match (&self.last_hash, self.merkle_size) {
+            (Some(_), Some(_)) => Ok(()),
+            (None, _) => Err(StoreError::Corrupt(format!(
                 "offering {:?} has no last_hash: its history is not hashed yet (run subledger migrate)",
+                self.offering_id
+            ))),
+            (_, None) => Err(StoreError::Corrupt(format!(
+                "offering {:?} has no Merkle tree yet (run subledger migrate)",
                 self.offering_id
             ))),
         }
@@ -124,6 +167,20 @@ impl TryFrom<HeadRow> for Offering {
             format!("offering {:?} last_hash", row.offering_id)
         })?
         .unwrap_or_default();
+        // NULL reads as the empty tree, as last_hash reads as zeros.
+        let tree = match (row.merkle_size, &row.merkle_frontier) {
+            (Some(size), Some(bytes)) => u64::try_from(size)
+                .ok()
+                .and_then(|size| Frontier::from_bytes(size, bytes).ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "offering {:?} has a Merkle frontier of {} bytes for size {size}",
+                        row.offering_id,
+                        bytes.len()
+                    ))
+                })?,
+            _ => Frontier::default(),
+        };
         Ok(Offering {
             offering_id: row.offering_id,
             name: row.name,
@@ -144,6 +201,7 @@ impl TryFrom<HeadRow> for Offering {
             max_total_demand: row.max_total_demand,
             demanded_units: row.demanded_units,
             last_hash,
+            tree,
         })
     }
 }
@@ -413,6 +471,7 @@ mod tests {
             names(PositionRow::COLUMNS, Selection::All)
         );
         assert_eq!(entry_columns!(), names(EntryRow::COLUMNS, Selection::All));
+        assert_eq!(node_columns!(), names(NodeRow::COLUMNS, Selection::All));
     }
 
     /// A head's write rewrites its running totals, status, terms and last hash, never what
@@ -423,7 +482,7 @@ mod tests {
             names(HeadRow::COLUMNS, Selection::Rewritten),
             "offering_id, name, max_units, max_units_per_investor, subscribed_units, \
              investor_count, position_count, status, version, update_time, close_time, \
-             demanded_units, last_hash"
+             demanded_units, last_hash, merkle_size, merkle_frontier"
         );
         assert_eq!(
             names(PositionRow::COLUMNS, Selection::Rewritten),

@@ -17,14 +17,16 @@ use tokio::sync::broadcast;
 
 use super::columns::{Params, Selection, insert_row, on_conflict_update};
 use super::rows::{
-    EntryRow, HeadRow, PositionRow, entry_columns, head_columns, into_entries, into_offerings,
-    position_columns,
+    EntryRow, HeadRow, NodeRow, PositionRow, entry_columns, head_columns, into_entries,
+    into_offerings, position_columns,
 };
 use super::{
     CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store,
     StoreError,
 };
 use crate::ledger::allocation::Demand;
+use crate::ledger::chain::Hash;
+use crate::ledger::merkle::NodeRange;
 use crate::ledger::{
     self, AllocationRun, BatchWrites, CreateOutcome, Entry, NewOffering, Offering,
     OfferingRequests, Position, Rejection, Results, check_create,
@@ -61,6 +63,8 @@ static INSERT_HEAD: LazyLock<String> =
     LazyLock::new(|| insert_row("offering_head", HeadRow::COLUMNS, &mut Params::sqlite()));
 static INSERT_ENTRY: LazyLock<String> =
     LazyLock::new(|| insert_row("history_entry", EntryRow::COLUMNS, &mut Params::sqlite()));
+static INSERT_NODE: LazyLock<String> =
+    LazyLock::new(|| insert_row("merkle_node", NodeRow::COLUMNS, &mut Params::sqlite()));
 static UPSERT_POSITION: LazyLock<String> = LazyLock::new(|| {
     let columns = PositionRow::COLUMNS;
     let insert = insert_row("investor_position", columns, &mut Params::sqlite());
@@ -156,7 +160,63 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         crate::store::backfill_each(&unchained, |offering_id| self.backfill_chain(offering_id))
-            .await
+            .await?;
+        let unbuilt: Vec<String> = sqlx::query_scalar(crate::store::UNBUILT_TREES)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::store::build_trees_each(&unbuilt, |offering_id| self.build_tree(offering_id)).await
+    }
+
+    /// Builds one offering's Merkle tree (migration 0007) in ONE BEGIN IMMEDIATE transaction:
+    /// read the entry hashes in sequence order a page at a time, insert the stored nodes, then
+    /// set the head's merkle_size and merkle_frontier. In Rust: SQLite has no SHA-256.
+    async fn build_tree(&self, offering_id: &str) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let unbuilt: Option<bool> = sqlx::query_scalar(
+            "SELECT merkle_size IS NULL FROM offering_head WHERE offering_id = ?1",
+        )
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unbuilt != Some(true) {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let mut build = super::TreeBuild::new();
+        loop {
+            let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT sequence, entry_hash FROM history_entry \
+                 WHERE offering_id = ?1 AND sequence > ?2 ORDER BY sequence LIMIT ?3",
+            )
+            .bind(offering_id)
+            .bind(build.after_sequence)
+            .bind(super::BACKFILL_PAGE_ENTRIES)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for node in build.add(offering_id, rows)? {
+                let row = NodeRow::from(&super::rows::OfferingNode {
+                    offering_id: offering_id.to_owned(),
+                    node,
+                });
+                let insert = sqlx::query(INSERT_NODE.as_str());
+                row.bind(insert, Selection::All).execute(&mut *tx).await?;
+            }
+        }
+        // The CHECK on the head refuses a size other than the version.
+        sqlx::query(
+            "UPDATE offering_head SET merkle_size = ?2, merkle_frontier = ?3 WHERE offering_id = ?1",
+        )
+        .bind(offering_id)
+        .bind(build.frontier.size() as i64)
+        .bind(build.frontier.to_bytes())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Hashes one offering's history (docs/hash-chain.md) in ONE BEGIN IMMEDIATE transaction:
@@ -320,6 +380,10 @@ impl SqliteStore {
             Self::write_allocation(tx, run).await?;
         }
         write_rows(tx, &writes.entries, &writes.positions).await?;
+        for node in NodeRow::of_writes(std::slice::from_ref(writes)) {
+            let insert = sqlx::query(INSERT_NODE.as_str());
+            node.bind(insert, Selection::All).execute(&mut **tx).await?;
+        }
         let update = sqlx::query(UPDATE_HEAD.as_str());
         HeadRow::from(&writes.head)
             .bind(update, Selection::Rewritten)
@@ -596,6 +660,40 @@ impl Store for SqliteStore {
         }
         let rows: Vec<EntryRow> = select.fetch_all(&self.pool).await?;
         into_entries(rows)
+    }
+
+    /// One indexed range read per range: a proof reads a few dozen.
+    async fn tree_rows(
+        &self,
+        offering_id: &str,
+        ranges: &[NodeRange],
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        let mut rows = Vec::new();
+        let mut connection = self.pool.acquire().await?;
+        for (position, range) in ranges.iter().enumerate() {
+            let (first, last) = (range.first as i64, (range.first + range.count) as i64 - 1);
+            let read = if range.level == 0 {
+                sqlx::query_scalar(
+                    "SELECT entry_hash FROM history_entry WHERE offering_id = ?1 \
+                     AND sequence > ?2 AND sequence <= ?3 AND entry_hash IS NOT NULL ORDER BY sequence",
+                )
+                .bind(offering_id)
+                .bind(first)
+                .bind(last + 1)
+            } else {
+                sqlx::query_scalar(
+                    "SELECT hash FROM merkle_node WHERE offering_id = ?1 AND level = ?4 \
+                     AND idx >= ?2 AND idx <= ?3 ORDER BY idx",
+                )
+                .bind(offering_id)
+                .bind(first)
+                .bind(last)
+                .bind(i16::from(range.level))
+            };
+            let hashes: Vec<Vec<u8>> = read.fetch_all(&mut *connection).await?;
+            rows.extend(hashes.into_iter().map(|hash| (position as i64, hash)));
+        }
+        super::rows_by_range(ranges.len(), rows)
     }
 
     fn changes(&self) -> Changes {

@@ -49,13 +49,15 @@ pub enum PgBypass {
 }
 
 /// Recomputes every stored hash of the offering from its (edited) history, and the head's
-/// last hash, with the code any client can write from docs/hash-chain.md: afterwards the stored
-/// chain agrees with itself, and only a digest taken before tells.
+/// last hash and Merkle frontier, with the code any client can write from docs/hash-chain.md:
+/// afterwards the stored chain agrees with itself, and only a digest taken before tells.
 pub async fn rehash_from_the_history(db: &TestDb, client: &mut Client, offering_id: &str) {
     let mut previous = [0u8; 32];
     let mut rehash = Vec::new();
+    let mut tree = subledger::ledger::merkle::Frontier::default();
     for entry in super::full_history(client, offering_id).await {
         previous = super::recompute_entry_hash(&previous, &entry);
+        tree.append(&previous, &mut Vec::new());
         rehash.push(format!(
             "UPDATE history_entry SET entry_hash = {} WHERE offering_id = '{offering_id}' AND sequence = {}",
             bytes_literal(db.backend, &previous),
@@ -63,8 +65,9 @@ pub async fn rehash_from_the_history(db: &TestDb, client: &mut Client, offering_
         ));
     }
     rehash.push(format!(
-        "UPDATE offering_head SET last_hash = {} WHERE offering_id = '{offering_id}'",
-        bytes_literal(db.backend, &previous)
+        "UPDATE offering_head SET last_hash = {}, merkle_frontier = {} WHERE offering_id = '{offering_id}'",
+        bytes_literal(db.backend, &previous),
+        bytes_literal(db.backend, &tree.to_bytes())
     ));
     let rehash: Vec<&str> = rehash.iter().map(String::as_str).collect();
     tamper(db, PgBypass::DisableTrigger, &rehash).await;

@@ -286,6 +286,29 @@ impl Ledger {
         .await
     }
 
+    /// The audit path of entry `sequence` in the offering's Merkle tree of `tree_size` entries:
+    /// check it with `subledger::ledger::merkle::verify_inclusion` against a digest's root.
+    pub async fn get_inclusion_proof(
+        &self,
+        request: proto::GetInclusionProofRequest,
+    ) -> Result<proto::InclusionProof, Error> {
+        self.call(request, |mut stub, request| async move {
+            stub.get_inclusion_proof(request).await
+        })
+        .await
+    }
+
+    /// The proof that the offering's tree of `to_size` extends its tree of `from_size`.
+    pub async fn get_consistency_proof(
+        &self,
+        request: proto::GetConsistencyProofRequest,
+    ) -> Result<proto::ConsistencyProof, Error> {
+        self.call(request, |mut stub, request| async move {
+            stub.get_consistency_proof(request).await
+        })
+        .await
+    }
+
     /// One unary call under the retry policy: each attempt on the next connection, with the same
     /// request and the time left as its grpc-timeout.
     async fn call<Req, Resp, F, Fut>(&self, request: Req, rpc: F) -> Result<Resp, Error>

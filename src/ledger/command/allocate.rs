@@ -12,7 +12,6 @@
 use crate::ledger::allocation::{self, Demand};
 use crate::ledger::allocation_run::AllocationRun;
 use crate::ledger::apply::Batch;
-use crate::ledger::chain;
 use crate::ledger::outcome::Rejection;
 use crate::ledger::types::{Allocation, Entry, OfferingStatus, Request};
 
@@ -81,8 +80,7 @@ impl Batch {
             self.head.subscribed_units += units;
             self.head.version += 1;
             let mut entry = run.entry(index, self.head.subscribed_units);
-            debug_assert_eq!(entry.sequence, self.head.version, "entries append in order");
-            self.head.last_hash = chain::link(&self.head.last_hash, &mut entry);
+            self.link(&mut entry);
             run.hashes.push(self.head.last_hash);
         }
         self.head.update_time = self.now;

@@ -57,6 +57,7 @@ impl NewOffering {
             max_total_demand: self.max_total_demand,
             demanded_units: 0,
             last_hash: chain::GENESIS,
+            tree: Default::default(),
         };
         let mut entry = Entry {
             offering_id: self.offering_id.clone(),
@@ -79,6 +80,8 @@ impl NewOffering {
             entry_hash: chain::GENESIS,
         };
         head.last_hash = chain::link(&chain::GENESIS, &mut entry);
+        // A tree of one leaf completes no stored subtree.
+        head.tree.append(&entry.entry_hash, &mut Vec::new());
         (head, entry)
     }
 }
@@ -102,6 +105,11 @@ mod tests {
         assert_eq!(entry.terms_after, Some(head.terms()));
         assert_eq!(entry.entry_hash, chain::entry_hash(&chain::GENESIS, &entry));
         assert_eq!(head.last_hash, entry.entry_hash);
+        assert_eq!(head.tree.size(), 1);
+        assert_eq!(
+            head.tree.root(),
+            crate::ledger::merkle::leaf_hash(&entry.entry_hash)
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use super::fields::{self, Caps, FieldError};
 use super::limits::{DEMAND_TOTAL_MAX, ID_CHARS_MAX};
 use super::types::{Allocation, Entry, EntryKind, Offering, OfferingStatus, Position, Terms};
 
+use super::merkle::Frontier;
 mod rules;
 
 /// Stop listing problems past this many: one broken invariant tends to cascade.
@@ -66,6 +67,8 @@ pub struct Verifier {
     expected_allocations: Option<HashMap<String, i64>>,
     /// The recomputed hash of the last entry fed (GENESIS before the first).
     chain_hash: Hash,
+    /// The Merkle tree of the recomputed chain.
+    tree: Frontier,
     /// The first sequence whose stored hash is not the recomputed one; 0 while none is.
     first_bad_sequence: i64,
     /// Digests still to reach, the lowest sequence last.
@@ -134,6 +137,7 @@ impl Verifier {
             by_investor: HashMap::new(),
             expected_allocations: None,
             chain_hash: chain::GENESIS,
+            tree: Frontier::default(),
             first_bad_sequence: 0,
             digests_ahead,
             digests_checked: 0,
@@ -242,6 +246,8 @@ impl Verifier {
     /// reported (where the history was touched).
     fn check_chain(&mut self, entry: &Entry) {
         self.chain_hash = chain::entry_hash(&self.chain_hash, entry);
+        // The tree of the recomputed chain: what a digest's root and the head's frontier must be.
+        self.tree.append(&self.chain_hash, &mut Vec::new());
         if entry.entry_hash != self.chain_hash && self.first_bad_sequence == 0 {
             self.first_bad_sequence = entry.sequence;
             self.problem(format!(
@@ -271,6 +277,14 @@ impl Verifier {
                 Some(format!(
                     "the chain gives {} there: the history up to it changed after the digest was taken",
                     chain::hex(&self.chain_hash)
+                ))
+            } else if digest
+                .root_hash
+                .is_some_and(|root| root != self.tree.root())
+            {
+                Some(format!(
+                    "the Merkle tree of the history gives root {} there, not the digest's",
+                    chain::hex(&self.tree.root())
                 ))
             } else {
                 digest
@@ -478,6 +492,16 @@ impl Verifier {
                 "head last_hash {} but the chain of the history ends in {}",
                 chain::hex(&head.last_hash),
                 chain::hex(&self.chain_hash)
+            ));
+        }
+        // A head whose tree is not built yet (size 0: before migrate) has no frontier to hold.
+        if head.tree.size() != 0 && head.tree != self.tree {
+            self.problem(format!(
+                "head Merkle tree of size {} and root {} but the tree of the history's chain is of size {} and root {}",
+                head.tree.size(),
+                chain::hex(&head.tree.root()),
+                self.tree.size(),
+                chain::hex(&self.tree.root())
             ));
         }
         if Some(head.status) != self.status {

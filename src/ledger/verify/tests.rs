@@ -38,10 +38,16 @@ fn verify(stored: &Stored, digests: &[Digest]) -> Report {
 }
 
 /// Hashes the history again from `from` on, as someone covering an edit would, and points
-/// the head at the new end of the chain.
+/// the head at the new end of the chain and its Merkle tree.
 fn rehash_from(stored: &mut Stored, from: usize) {
     let previous = stored.entries[from - 1].entry_hash;
     stored.head.last_hash = chain::link_all(previous, &mut stored.entries[from..]);
+    regrow_tree(stored);
+}
+
+/// The head's Merkle tree made again from the entries' hashes as they now stand.
+fn regrow_tree(stored: &mut Stored) {
+    stored.head.tree = Frontier::of(stored.entries.iter().map(|e| &e.entry_hash));
 }
 
 #[test]
@@ -73,9 +79,27 @@ fn an_entry_changed_in_place_breaks_the_chain_at_its_sequence() {
     stored.entries[1].actor = "someone-else".into();
     let report = verify(&stored, &[]);
     assert_eq!(report.first_bad_sequence, 2);
-    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert_eq!(report.problems.len(), 3, "{:?}", report.problems);
     assert!(report.problems[0].starts_with("sequence 2: entry_hash"));
     assert!(report.problems[1].starts_with("head last_hash"));
+    assert!(report.problems[2].starts_with("head Merkle tree of size 4"));
+}
+
+#[test]
+fn a_digest_whose_merkle_root_differs_fails_and_a_head_tree_that_differs_is_reported() {
+    let mut stored = stored();
+    let mut taken = Digest::of(&stored.head);
+    assert_eq!(
+        taken.root_hash,
+        Some(Frontier::of(stored.entries.iter().map(|e| &e.entry_hash)).root())
+    );
+    taken.root_hash = Some([3; 32]);
+    stored.head.tree = Frontier::of(stored.entries[..3].iter().map(|e| &e.entry_hash));
+    let report = verify(&stored, &[taken]);
+    assert_eq!((report.digests_checked, report.digests_failed), (1, 1));
+    assert_eq!(report.problems.len(), 2, "{:?}", report.problems);
+    assert!(report.problems[0].contains("the Merkle tree of the history gives root"));
+    assert!(report.problems[1].starts_with("head Merkle tree of size 3"));
 }
 
 #[test]
@@ -168,6 +192,7 @@ fn problems_after(change: impl FnOnce(&mut Stored)) -> Vec<String> {
     let mut stored = stored();
     change(&mut stored);
     stored.head.last_hash = chain::link_all(chain::GENESIS, &mut stored.entries);
+    regrow_tree(&mut stored);
     let report = verify(&stored, &[]);
     assert_eq!(report.first_bad_sequence, 0, "the chain itself holds");
     report.problems

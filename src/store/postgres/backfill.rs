@@ -1,10 +1,21 @@
 //! Migrating a PostgreSQL database: sqlx's migrations, then the hash chain computed for history
-//! recorded before it (migration 0004), one offering at a time under its head lock.
+//! recorded before it (migration 0004), then the Merkle tree of history recorded before it
+//! (migration 0007), one offering at a time under its head lock.
 
 use super::PgStore;
 use crate::ledger;
 use crate::store::StoreError;
-use crate::store::rows::{EntryRow, entry_columns};
+use crate::store::columns::{Params, Selection, names};
+use crate::store::rows::{EntryRow, NodeRow, OfferingNode, entry_columns};
+
+/// Parameters: one array per column of merkle_node.
+static INSERT_NODES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "INSERT INTO merkle_node ({}) SELECT * FROM UNNEST({})",
+        names(NodeRow::COLUMNS, Selection::All),
+        Params::postgres().arrays(NodeRow::COLUMNS, Selection::All)
+    )
+});
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -19,7 +30,69 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await?;
         crate::store::backfill_each(&unchained, |offering_id| self.backfill_chain(offering_id))
-            .await
+            .await?;
+        let unbuilt: Vec<String> = sqlx::query_scalar(crate::store::UNBUILT_TREES)
+            .fetch_all(&self.pool)
+            .await?;
+        crate::store::build_trees_each(&unbuilt, |offering_id| self.build_tree(offering_id)).await
+    }
+
+    /// Builds one offering's Merkle tree (migration 0007) in ONE transaction: lock the head,
+    /// read the entry hashes in sequence order a page at a time, insert the stored nodes, then
+    /// set the head's merkle_size and merkle_frontier.
+    async fn build_tree(&self, offering_id: &str) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let unbuilt: Option<bool> = sqlx::query_scalar(
+            "SELECT merkle_size IS NULL FROM offering_head WHERE offering_id = $1 FOR UPDATE",
+        )
+        .bind(offering_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if unbuilt != Some(true) {
+            // Another replica built it meanwhile.
+            tx.rollback().await?;
+            return Ok(());
+        }
+        let mut build = crate::store::TreeBuild::new();
+        loop {
+            let rows: Vec<(i64, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT sequence, entry_hash FROM history_entry \
+                 WHERE offering_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+            )
+            .bind(offering_id)
+            .bind(build.after_sequence)
+            .bind(crate::store::BACKFILL_PAGE_ENTRIES)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let nodes = build.add(offering_id, rows)?;
+            let nodes = nodes
+                .into_iter()
+                .map(|node| {
+                    NodeRow::from(&OfferingNode {
+                        offering_id: offering_id.to_owned(),
+                        node,
+                    })
+                })
+                .collect();
+            let insert = sqlx::query(INSERT_NODES.as_str());
+            NodeRow::bind_arrays(nodes, insert, Selection::All)
+                .execute(&mut *tx)
+                .await?;
+        }
+        // The CHECK on the head refuses a size other than the version.
+        sqlx::query(
+            "UPDATE offering_head SET merkle_size = $2, merkle_frontier = $3 WHERE offering_id = $1",
+        )
+        .bind(offering_id)
+        .bind(build.frontier.size() as i64)
+        .bind(build.frontier.to_bytes())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,

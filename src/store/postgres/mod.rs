@@ -42,6 +42,8 @@ use super::{
     CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Interest, PoolStats, SnapshotReader,
     Store, StoreError,
 };
+use crate::ledger::chain::Hash;
+use crate::ledger::merkle::NodeRange;
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
@@ -49,6 +51,20 @@ use primary::Primary;
 pub use url::{PgTargets, UrlError};
 
 /// How long a call may wait for a pooled connection before it answers UNAVAILABLE.
+/// The rows of a proof's ranges (`Store::tree_rows`): parameters are the offering, then one
+/// array per range attribute (its position, level, first and last index). Level 0 ranges read
+/// entry hashes by sequence (the primary key), the others stored nodes (merkle_node's key).
+const TREE_ROWS: &str = "SELECT r.pos, e.entry_hash, e.sequence \
+    FROM UNNEST($2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[]) AS r (pos, lvl, lo, hi) \
+    JOIN history_entry AS e ON e.offering_id = $1 AND e.sequence > r.lo AND e.sequence <= r.hi + 1 \
+    WHERE r.lvl = 0 AND e.entry_hash IS NOT NULL \
+    UNION ALL \
+    SELECT r.pos, n.hash, n.idx \
+    FROM UNNEST($2::bigint[], $3::smallint[], $4::bigint[], $5::bigint[]) AS r (pos, lvl, lo, hi) \
+    JOIN merkle_node AS n ON n.offering_id = $1 AND n.level = r.lvl AND n.idx >= r.lo AND n.idx <= r.hi \
+    WHERE r.lvl > 0 \
+    ORDER BY 1, 3";
+
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least pause between two attempts of one mutation through a failover: a host that keeps
 /// failing the same way is not hammered.
@@ -496,6 +512,36 @@ impl Store for PgStore {
             })
             .await?;
         into_entries(rows)
+    }
+
+    /// Every range in one statement: each range is an index range scan of its own.
+    async fn tree_rows(
+        &self,
+        offering_id: &str,
+        ranges: &[NodeRange],
+    ) -> Result<Vec<Vec<Hash>>, StoreError> {
+        let positions: Vec<i64> = (0..ranges.len() as i64).collect();
+        let levels: Vec<i16> = ranges.iter().map(|r| i16::from(r.level)).collect();
+        let firsts: Vec<i64> = ranges.iter().map(|r| r.first as i64).collect();
+        let lasts: Vec<i64> = ranges
+            .iter()
+            .map(|r| (r.first + r.count) as i64 - 1)
+            .collect();
+        let rows: Vec<(i64, Vec<u8>, i64)> = self
+            .read(|connection, _| {
+                Box::pin(
+                    sqlx::query_as(TREE_ROWS)
+                        .bind(offering_id)
+                        .bind(&positions)
+                        .bind(&levels)
+                        .bind(&firsts)
+                        .bind(&lasts)
+                        .fetch_all(connection),
+                )
+            })
+            .await?;
+        let rows = rows.into_iter().map(|(range, hash, _)| (range, hash));
+        crate::store::rows_by_range(ranges.len(), rows.collect())
     }
 
     fn changes(&self) -> Changes {

@@ -1,5 +1,5 @@
-//! The one statement that writes a batch: it appends the entries, upserts the positions and
-//! updates the heads of every offering the batch changed, each head with a NOTIFY. Its text is
+//! The one statement that writes a batch: it appends the entries, upserts the positions, inserts
+//! the Merkle tree's completed stored nodes and updates the heads of every offering the batch changed, each head with a NOTIFY. Its text is
 //! made once from the column lists (rows.rs), and its parameters are one array per column, as
 //! UNNEST takes them: a batch of any size is one round trip.
 //!
@@ -19,23 +19,28 @@ use crate::store::StoreError;
 use crate::store::columns::{
     Params, Selection, assign_updated, match_keys, names, on_conflict_update,
 };
-use crate::store::rows::{EntryRow, HeadRow, PositionRow};
+use crate::store::rows::{EntryRow, HeadRow, NodeRow, PositionRow};
 
-/// Parameters: one array per column of the entries, of the positions, and of the heads' keys
-/// and updated columns (rows.rs), then the NOTIFY channel. An entry whose request_id is
+/// Parameters: one array per column of the entries, of the positions, of the Merkle tree's
+/// stored nodes, and of the heads' keys and updated columns (rows.rs), then the NOTIFY channel. An entry whose request_id is
 /// recorded already is skipped, and counted out of what the statement returns.
 static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
     let mut params = Params::postgres();
     let appended = append_ctes(&mut params);
+    let node_arrays = params.arrays(NodeRow::COLUMNS, Selection::All);
     let head_arrays = params.arrays(HeadRow::COLUMNS, Selection::Rewritten);
     let channel = params.next();
     format!(
-        "{appended} \
+        "{appended}, nodes AS ( \
+            INSERT INTO merkle_node ({nodes}) SELECT * FROM UNNEST({node_arrays}) \
+            ON CONFLICT DO NOTHING \
+         ) \
          UPDATE offering_head AS h SET {head_assignments} \
          FROM UNNEST({head_arrays}) AS v ({head_names}) \
          WHERE {head_keys} \
          RETURNING (SELECT count(*) FROM appended), pg_notify({channel}, v.version::text || ':' || v.offering_id)",
         head_assignments = assign_updated(HeadRow::COLUMNS, "v"),
+        nodes = names(NodeRow::COLUMNS, Selection::All),
         head_names = names(HeadRow::COLUMNS, Selection::Rewritten),
         head_keys = match_keys(HeadRow::COLUMNS, "h", "v"),
     )
@@ -114,6 +119,7 @@ impl PgStore {
         let query = sqlx::query(WRITE_BATCH.as_str());
         let query = EntryRow::bind_arrays(entries.collect(), query, Selection::All);
         let query = PositionRow::bind_arrays(positions.collect(), query, Selection::All);
+        let query = NodeRow::bind_arrays(NodeRow::of_writes(writes), query, Selection::All);
         let query = HeadRow::bind_arrays(heads.collect(), query, Selection::Rewritten);
         let appended = query
             .bind(CHANGE_CHANNEL)
