@@ -112,7 +112,7 @@ pub async fn run<S: Store>(store: S, nats: Nats, start: StartAt, shutdown: Cance
             stream: stream_handle,
             epoch,
             valid_until: lease.valid_until(),
-            metrics: &*metrics,
+            metrics: &metrics,
         };
         let outcomes: Vec<(String, Result<(), PublishError>)> = futures::stream::iter(backlog)
             .map(|offering| {
