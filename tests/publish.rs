@@ -273,7 +273,55 @@ async fn an_offering_id_invalid_in_a_subject_is_published_under_its_token(db: Te
     assert_eq!((entry.offering_id.as_str(), entry.sequence), (id, 1));
 }
 
-backend_tests!(an_offering_id_invalid_in_a_subject_is_published_under_its_token);
+/// The README's consumer example, compiled here from its own file.
+#[allow(dead_code)] // its main() is for `cargo run --example`; the test calls run()
+#[path = "../examples/events.rs"]
+mod example;
+
+/// The README's example reads every entry of its offering through a durable pull consumer.
+async fn the_events_example_runs_as_written(db: TestDb) {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let (server, _) = replica(&db, &nats).await;
+    drop(server.client().await);
+    // The publisher creates the stream once it holds the lease, right after the start.
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("connect to NATS");
+    let jetstream = jetstream::new(client);
+    eventually("the stream created", ARRIVAL_WAIT, || {
+        let jetstream = jetstream.clone();
+        async move {
+            jetstream
+                .get_stream(STREAM)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let ledger = subledger_client::Ledger::builder([format!("http://{}", server.address)])
+        .build()
+        .unwrap();
+    let entries = example::run(&ledger, &nats.url())
+        .await
+        .expect("the example runs");
+    let kinds: Vec<(i64, proto::EntryKind)> =
+        entries.iter().map(|e| (e.sequence, e.kind())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (1, proto::EntryKind::OfferingCreated),
+            (2, proto::EntryKind::Subscribed)
+        ]
+    );
+}
+
+backend_tests!(
+    an_offering_id_invalid_in_a_subject_is_published_under_its_token,
+    the_events_example_runs_as_written
+);
 
 /// Subscribes through `clients`, round robin, until `stop`; counts those acknowledged.
 fn load(
