@@ -320,8 +320,55 @@ async fn the_events_example_runs_as_written(db: TestDb) {
 
 backend_tests!(
     an_offering_id_invalid_in_a_subject_is_published_under_its_token,
+    publish_from_now_skips_the_history_recorded_before,
     the_events_example_runs_as_written
 );
+
+/// Publication first enabled with `--nats-publish-from now` skips the history recorded before;
+/// with the default (`all`) it is published, oldest first: the exactly-once tests above start
+/// with it.
+async fn publish_from_now_skips_the_history_recorded_before(db: TestDb) {
+    let Some(nats) = NatsServer::start().await else {
+        return;
+    };
+    let before = ServerProcess::start(&db.url, free_address()).await;
+    let mut client = before.client().await;
+    create_offerings(&mut client, 2).await;
+    subscribe_concurrently(std::slice::from_ref(&client), 2, 4).await;
+    drop(before);
+
+    let server = ServerProcess::start_with(
+        &db.url,
+        free_address(),
+        &["--nats-url", &nats.url(), "--nats-publish-from", "now"],
+    )
+    .await;
+    let mut client = server.client().await;
+    client
+        .subscribe(subscribe("offering-0", "late", 1, "late-subscribe"))
+        .await
+        .expect("Subscribe");
+    let mut stream = stream(&nats).await;
+    let last = eventually("the new entry published", ARRIVAL_WAIT, || {
+        let stream = stream.clone();
+        async move {
+            stream
+                .get_last_raw_message_by_subject(&entries_subject("offering-0"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let entry = proto::HistoryEntry::decode(last.payload).expect("a HistoryEntry");
+    // offering-0 had its creation and 2 Subscribes before.
+    assert_eq!((entry.sequence, entry.investor_id.as_str()), (4, "late"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        1,
+        "only the entry recorded after publication was enabled"
+    );
+}
 
 /// Subscribes through `clients`, round robin, until `stop`; counts those acknowledged.
 fn load(
