@@ -58,14 +58,22 @@ async fn metric(address: SocketAddr, name: &str) -> f64 {
         })
 }
 
+/// The stream, once the publisher created it (right after it took the lease and reached NATS).
 async fn stream(nats: &NatsServer) -> jetstream::stream::Stream {
     let client = async_nats::connect(nats.url())
         .await
         .expect("connect to NATS");
-    jetstream::new(client)
-        .get_stream(STREAM)
-        .await
-        .expect("the stream subledger created")
+    let jetstream = jetstream::new(client);
+    eventually("the stream subledger creates", ARRIVAL_WAIT, || {
+        let jetstream = jetstream.clone();
+        async move {
+            jetstream
+                .get_stream(STREAM)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
 }
 
 /// Every entry committed, over every offering: the sum of the heads' versions.
@@ -321,6 +329,7 @@ async fn the_events_example_runs_as_written(db: TestDb) {
 backend_tests!(
     an_offering_id_invalid_in_a_subject_is_published_under_its_token,
     publish_from_now_skips_the_history_recorded_before,
+    serve_starts_and_commits_before_nats_is_up,
     the_events_example_runs_as_written
 );
 
@@ -368,6 +377,21 @@ async fn publish_from_now_skips_the_history_recorded_before(db: TestDb) {
         1,
         "only the entry recorded after publication was enabled"
     );
+}
+
+/// serve does not wait for NATS: it starts and commits while NATS is not there yet, and
+/// publishes everything once it is.
+async fn serve_starts_and_commits_before_nats_is_up(db: TestDb) {
+    let Some(mut nats) = NatsServer::start().await else {
+        return;
+    };
+    nats.stop().await;
+    let (server, _) = replica(&db, &nats).await;
+    let mut client = server.client().await;
+    create_offerings(&mut client, 2).await;
+    subscribe_concurrently(std::slice::from_ref(&client), 2, 10).await;
+    nats.restart().await;
+    assert_published_exactly_once(&nats, &mut client, 12).await;
 }
 
 /// Subscribes through `clients`, round robin, until `stop`; counts those acknowledged.
