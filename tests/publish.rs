@@ -353,11 +353,13 @@ async fn publish_from_now_skips_the_history_recorded_before(db: TestDb) {
     )
     .await;
     let mut client = server.client().await;
+    // "now" is when the publisher first takes the lease, just after the start; it makes the
+    // stream right then.
+    let mut stream = stream(&nats).await;
     client
         .subscribe(subscribe("offering-0", "late", 1, "late-subscribe"))
         .await
         .expect("Subscribe");
-    let mut stream = stream(&nats).await;
     let last = eventually("the new entry published", ARRIVAL_WAIT, || {
         let stream = stream.clone();
         async move {

@@ -73,6 +73,18 @@ pub async fn run<S: Store>(store: S, nats: Nats, start: StartAt, shutdown: Cance
             }
             Holding::Held(epoch) => epoch,
         };
+        let backlog = match read_backlog(&store).await {
+            Ok(backlog) => backlog,
+            Err(error) => {
+                metrics.errors.increment(1);
+                tracing::warn!(%error, "cannot read the publication backlog; retrying");
+                pause(&shutdown, FAILURE_PAUSE).await;
+                continue;
+            }
+        };
+        // Read even while NATS is down, so that the backlog metric stays true.
+        metrics.backlog(&backlog);
+        // Made when the lease is taken, before any backlog: consumers can bind to it early.
         let stream_handle = match &stream {
             Some(stream) => stream,
             None => match nats.stream().await {
@@ -85,16 +97,6 @@ pub async fn run<S: Store>(store: S, nats: Nats, start: StartAt, shutdown: Cance
                 }
             },
         };
-        let backlog = match read_backlog(&store).await {
-            Ok(backlog) => backlog,
-            Err(error) => {
-                metrics.errors.increment(1);
-                tracing::warn!(%error, "cannot read the publication backlog; retrying");
-                pause(&shutdown, FAILURE_PAUSE).await;
-                continue;
-            }
-        };
-        metrics.backlog(&backlog);
         if backlog.is_empty() {
             // Until a commit is announced, or the next scan is due.
             tokio::select! {
