@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ServiceLimits;
 use crate::api::auth::{Authenticator, Role, check_principal_name, new_token};
+use crate::publish::NatsConfig;
 use crate::server::{ConnectionLimits, ServerConfig};
-use crate::store::{PgSettings, PgStore, PgTargets, SqliteStore, Store};
+use crate::store::{PgSettings, PgStore, PgTargets, SqliteStore, StartAt, Store};
 use crate::telemetry::{self, LogFormat};
 
 /// The SQLite file's name inside --data-dir.
@@ -142,7 +143,99 @@ struct ServeArgs {
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
+}
+
+/// Publication of the history to NATS JetStream (README "Events", docs/operations.md).
+#[derive(Args)]
+struct NatsArgs {
+    /// Publish every history entry to NATS JetStream at this URL (nats://HOST:PORT, tls://...
+    /// to require TLS; several separated by commas). Off when unset.
+    #[arg(long, env = "SUBLEDGER_NATS_URL", hide_env_values = true)]
+    nats_url: Option<String>,
+    /// NATS credentials file (.creds: a user JWT and its NKey seed).
+    #[arg(
+        long,
+        env = "SUBLEDGER_NATS_CREDS",
+        value_name = "FILE",
+        requires = "nats_url"
+    )]
+    nats_creds: Option<PathBuf>,
+    /// Read a NATS token from this file (its first line); or set SUBLEDGER_NATS_TOKEN. Never a
+    /// flag value, which `ps` would show.
+    #[arg(
+        long,
+        env = "SUBLEDGER_NATS_TOKEN_FILE",
+        value_name = "FILE",
+        requires = "nats_url",
+        conflicts_with = "nats_creds"
+    )]
+    nats_token_file: Option<PathBuf>,
+    /// The JetStream stream to publish to, created if missing (subjects subledger.entries.>
+    /// and subledger.digests.>).
+    #[arg(long, env = "SUBLEDGER_NATS_STREAM", default_value = crate::publish::config::STREAM_DEFAULT)]
+    nats_stream: String,
+    /// The duplicate window of a stream created by subledger: a repeated Nats-Msg-Id within it
+    /// is dropped by JetStream. At least 1m.
+    #[arg(long, env = "SUBLEDGER_NATS_DUPLICATE_WINDOW", default_value = crate::publish::config::DUPLICATE_WINDOW_DEFAULT, value_parser = subledger_client::duration::parse)]
+    nats_duplicate_window: Duration,
+    /// When publication is first enabled on a database: publish every existing entry (all,
+    /// oldest first per offering) or only entries recorded from then on (now).
+    #[arg(
+        long,
+        env = "SUBLEDGER_NATS_PUBLISH_FROM",
+        value_enum,
+        default_value = "all"
+    )]
+    nats_publish_from: PublishFrom,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PublishFrom {
+    All,
+    Now,
+}
+
+impl NatsArgs {
+    /// None when --nats-url is not given.
+    fn config(&self) -> anyhow::Result<Option<NatsConfig>> {
+        use crate::publish::config::{DUPLICATE_WINDOW_MIN, TOKEN_ENV};
+        let Some(url) = &self.nats_url else {
+            return Ok(None);
+        };
+        if self.nats_duplicate_window < DUPLICATE_WINDOW_MIN {
+            bail!(
+                "--nats-duplicate-window {:?} is below {DUPLICATE_WINDOW_MIN:?}: it must cover a publication lease takeover many times over",
+                self.nats_duplicate_window
+            );
+        }
+        let token = match &self.nats_token_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --nats-token-file {}", path.display()))?;
+                match text.lines().map(str::trim).find(|line| !line.is_empty()) {
+                    Some(token) => Some(token.to_owned()),
+                    None => bail!("--nats-token-file {} holds no token", path.display()),
+                }
+            }
+            None => std::env::var(TOKEN_ENV)
+                .ok()
+                .filter(|token| !token.is_empty()),
+        };
+        Ok(Some(NatsConfig {
+            url: url.clone(),
+            creds: self.nats_creds.clone(),
+            token,
+            stream: self.nats_stream.clone(),
+            duplicate_window: self.nats_duplicate_window,
+            start: match self.nats_publish_from {
+                PublishFrom::All => StartAt::Beginning,
+                PublishFrom::Now => StartAt::Heads,
+            },
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -422,6 +515,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let database = args.database.database()?;
     let addresses = resolve_listen(&args.listen).await?;
     let mut config = server_config(&args, &addresses)?;
+    let nats = args.nats.config()?;
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     tokio::spawn(reload_on_hangup(config.authenticator.clone()));
@@ -434,13 +528,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let store = open_postgres(&url, args.database.postgres_settings()).await?;
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
-            serve_until_shutdown(store, listeners, config, shutdown).await
+            serve_until_shutdown(store, listeners, config, nats, shutdown).await
         }
         Database::Sqlite(path) => {
             let store = open_sqlite(&path).await?;
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
-            serve_until_shutdown(store, listeners, config, shutdown).await
+            serve_until_shutdown(store, listeners, config, nats, shutdown).await
         }
     }
 }
@@ -557,11 +651,50 @@ async fn serve_until_shutdown<S: Store>(
     store: S,
     listeners: Vec<TcpListener>,
     config: ServerConfig,
+    nats: Option<NatsConfig>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::server::serve(store, listeners, config, shutdown).await?;
+    if config.metrics_listener.is_some() {
+        // Before the publisher registers its metrics: handles taken earlier would record nowhere.
+        crate::telemetry::metrics::install().map_err(anyhow::Error::msg)?;
+    }
+    let publisher = match nats {
+        Some(nats) => Some(start_publisher(&store, &nats, shutdown.clone()).await?),
+        None => None,
+    };
+    crate::server::serve(store, listeners, config, shutdown.clone()).await?;
+    if let Some(publisher) = publisher {
+        // Its lease is let go, so that another replica publishes at once, not after its TTL.
+        shutdown.cancel();
+        if tokio::time::timeout(PUBLISHER_STOP_WAIT, publisher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the NATS publisher did not stop in time; its lease expires by itself");
+        }
+    }
     tracing::info!("subledger stopped");
     Ok(())
+}
+
+/// How long a stopping server waits for the publisher to let its lease go.
+const PUBLISHER_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Connects to NATS (in the background: a NATS that is down does not stop serve) and starts
+/// the publisher, which stops with `shutdown`.
+async fn start_publisher<S: Store>(
+    store: &S,
+    nats: &NatsConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let handle = crate::publish::Nats::connect(nats).await?;
+    tracing::info!(stream = %nats.stream, duplicate_window_s = nats.duplicate_window.as_secs(), start = ?nats.start, "publishing the history to NATS JetStream");
+    Ok(tokio::spawn(crate::publish::publisher::run(
+        store.clone(),
+        handle,
+        nats.start,
+        shutdown,
+    )))
 }
 
 /// SIGHUP re-reads the auth file; one that does not load leaves the principals as they were.

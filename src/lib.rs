@@ -8,6 +8,8 @@
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
 //!
+//! [`publish`] follows the history out to NATS JetStream.
+//!
 //! [`cli`] and [`server`] wire them together, [`audit`] verifies a database or an export
 //! offline; `main.rs` only calls [`cli::run`]. Beside this crate in the workspace:
 //! crates/subledger-proto (the generated code [`proto`] re-exports), crates/subledger-client
@@ -19,6 +21,7 @@ pub mod cli;
 pub mod group_commit;
 pub mod ledger;
 pub mod proto;
+pub mod publish;
 pub mod server;
 pub mod store;
 pub mod telemetry;

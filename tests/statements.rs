@@ -8,7 +8,8 @@
 //! tests/statements.txt, in two sections:
 //! - `[serve]`: everything a server sends from its start on a migrated database (sqlx's migrator
 //!   finding nothing to do, the backfill of the hash chain) through every RPC, the health probe
-//!   and LISTEN, to its stop;
+//!   and LISTEN, to its stop, and the NATS publisher's statements (against a nats-server of the
+//!   test's own);
 //! - `[migrate]`: what migrating a fresh database sends besides (the migration files' DDL and
 //!   sqlx's bookkeeping in _sqlx_migrations).
 //!
@@ -108,6 +109,7 @@ async fn record(db: &TestDb) -> Pinned {
         .start_server_via(&serving.url(&db.url), ServerConfig::default())
         .await;
     workload(&server, &serving.recorder).await;
+    publication(&server, &serving.url(&db.url)).await;
     server.stop().await;
 
     let serve = serving.recorder.statements();
@@ -118,6 +120,69 @@ async fn record(db: &TestDb) -> Pinned {
         .cloned()
         .collect();
     Pinned { serve, migrate }
+}
+
+/// The NATS publisher's statements, from a publisher on a store of its own through the same
+/// proxy: its first take of the lease (with --nats-publish-from now: the cursors start at the
+/// heads), the backlog, a commit published and its cursor moved, a renewal, the release.
+async fn publication(server: &TestServer, store_url: &str) {
+    use subledger::publish::{Nats, NatsConfig, publisher};
+    use subledger::store::StartAt;
+    let nats = common::nats::NatsServer::start()
+        .await
+        .expect("nats-server, to record the publisher's statements");
+    let store = subledger::cli::open_postgres(store_url, PgSettings::default())
+        .await
+        .expect("a store for the publisher");
+    let config = NatsConfig {
+        url: nats.url(),
+        creds: None,
+        token: None,
+        stream: "SUBLEDGER".into(),
+        duplicate_window: Duration::from_secs(600),
+        start: StartAt::Heads,
+    };
+    let handle = Nats::connect(&config).await.expect("NATS");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let publishing = tokio::spawn(publisher::run(
+        store,
+        handle,
+        StartAt::Heads,
+        shutdown.clone(),
+    ));
+    let jetstream = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    // The stream is created once the lease is taken (and the cursors put at the heads).
+    let stream = common::eventually("the lease taken", WAIT, || {
+        let jetstream = jetstream.clone();
+        async move {
+            jetstream
+                .get_stream("SUBLEDGER")
+                .await
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    let mut client = server.client().await;
+    // The offerings of the workload start at their heads: only this one is published.
+    client
+        .create_offering(offering("published", 100, 0))
+        .await
+        .unwrap();
+    common::eventually("the entry published", WAIT, || {
+        let mut stream = stream.clone();
+        async move {
+            match stream.info().await {
+                Ok(info) if info.state.messages == 1 => Ok(()),
+                Ok(info) => Err(format!("{} messages", info.state.messages)),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    })
+    .await;
+    // One renewal of the lease (every 2 s).
+    tokio::time::sleep(subledger::publish::lease::LEASE_RETRY + Duration::from_millis(500)).await;
+    shutdown.cancel();
+    publishing.await.unwrap();
 }
 
 /// An offering and its creation entry as loaded before the hash chain existed (no hashes).

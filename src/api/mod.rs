@@ -8,7 +8,7 @@
 
 pub mod auth;
 mod call;
-mod convert;
+pub(crate) mod convert;
 pub mod edge;
 pub mod error;
 mod mutations;

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, broadcast};
 
-use super::{Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store, StoreError};
+use super::{
+    Backlog, Change, Changes, HistoryQuery, Lease, PoolStats, SnapshotReader, StartAt, Store,
+    StoreError,
+};
 use crate::ledger::{
     CreateOutcome, Entry, EntryKind, NewOffering, Offering, OfferingRequests, Position, Rejection,
     Results, testing::every_field,
@@ -203,5 +206,39 @@ impl Store for FakeStore {
             max: 0,
             primary: None,
         }
+    }
+
+    async fn take_publication_lease(
+        &self,
+        _: &Lease<'_>,
+        _: StartAt,
+    ) -> Result<Option<i64>, StoreError> {
+        unreachable!("no unit test publishes")
+    }
+
+    async fn renew_publication_lease(&self, _: &Lease<'_>, _: i64) -> Result<bool, StoreError> {
+        unreachable!("no unit test publishes")
+    }
+
+    async fn release_publication_lease(&self, _: &str, _: i64) -> Result<(), StoreError> {
+        unreachable!("no unit test publishes")
+    }
+
+    async fn publication_backlog(
+        &self,
+        _: Option<&str>,
+        _: u32,
+    ) -> Result<Vec<Backlog>, StoreError> {
+        unreachable!("no unit test publishes")
+    }
+
+    async fn advance_publication_cursor(
+        &self,
+        _: &str,
+        _: i64,
+        _: &str,
+        _: i64,
+    ) -> Result<bool, StoreError> {
+        unreachable!("no unit test publishes")
     }
 }

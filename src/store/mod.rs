@@ -8,6 +8,7 @@ mod columns;
 #[cfg(test)]
 pub(crate) mod fake;
 mod postgres;
+pub mod publication;
 mod rows;
 mod sqlite;
 
@@ -24,6 +25,7 @@ use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
 pub use crate::telemetry::metrics::PoolStats;
+pub use publication::{Backlog, Lease, StartAt};
 
 pub use postgres::{DEFAULT_IO_TIMEOUT, PgSettings, PgStore, PgTargets};
 pub use sqlite::{LIST_OFFERINGS_SQL as SQLITE_LIST_OFFERINGS_SQL, SqliteStore};
@@ -522,4 +524,45 @@ pub trait Store: Clone + Send + Sync + 'static {
 
     /// The connection pool as it is now, for the metrics.
     fn pool_stats(&self) -> PoolStats;
+
+    /// Takes `lease` if no one holds it or its holder let it expire, and returns the new
+    /// epoch; None while another holds it. The first take on a database (no lease row yet)
+    /// also starts the cursors of existing offerings where `start` says.
+    fn take_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        start: StartAt,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>> + Send;
+
+    /// Extends the lease by its ttl from now; false when `epoch` is no longer in force.
+    fn renew_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        epoch: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Lets the lease expire now (a graceful stop), so that another replica takes it at once.
+    fn release_publication_lease(
+        &self,
+        name: &str,
+        epoch: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The offerings whose history goes past their published cursor, by offering_id, those
+    /// after `after` only.
+    fn publication_backlog(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Backlog>, StoreError>> + Send;
+
+    /// Moves the offering's cursor forward to `sequence` if the lease `name` is still at
+    /// `epoch`; false when it is not (or the cursor was already there).
+    fn advance_publication_cursor(
+        &self,
+        name: &str,
+        epoch: i64,
+        offering_id: &str,
+        sequence: i64,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

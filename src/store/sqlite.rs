@@ -5,6 +5,8 @@
 //! processes sharing the file. WAL mode lets reads go on meanwhile; synchronous=FULL makes a
 //! commit durable before the caller is answered, even across a power loss.
 
+mod publication;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock};
@@ -21,8 +23,8 @@ use super::rows::{
     into_offerings, position_columns,
 };
 use super::{
-    CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, PoolStats, SnapshotReader, Store,
-    StoreError,
+    Backlog, CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Lease, PoolStats,
+    SnapshotReader, StartAt, Store, StoreError,
 };
 use crate::ledger::allocation::Demand;
 use crate::ledger::chain::Hash;
@@ -714,5 +716,44 @@ impl Store for SqliteStore {
             max: POOL_CONNECTIONS_MAX,
             primary: None,
         }
+    }
+
+    async fn take_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        start: StartAt,
+    ) -> Result<Option<i64>, StoreError> {
+        self.take_lease(lease, start).await
+    }
+
+    async fn renew_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        epoch: i64,
+    ) -> Result<bool, StoreError> {
+        self.renew_lease(lease, epoch).await
+    }
+
+    async fn release_publication_lease(&self, name: &str, epoch: i64) -> Result<(), StoreError> {
+        self.release_lease(name, epoch).await
+    }
+
+    async fn publication_backlog(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Backlog>, StoreError> {
+        self.backlog(after, limit).await
+    }
+
+    async fn advance_publication_cursor(
+        &self,
+        name: &str,
+        epoch: i64,
+        offering_id: &str,
+        sequence: i64,
+    ) -> Result<bool, StoreError> {
+        self.advance_cursor(name, epoch, offering_id, sequence)
+            .await
     }
 }

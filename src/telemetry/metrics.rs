@@ -32,6 +32,10 @@ pub const WATCH_STREAMS: &str = "subledger_watch_streams";
 pub const WATCH_READS: &str = "subledger_watch_reads_total";
 pub const WATCH_POLLS: &str = "subledger_watch_polls_total";
 pub const BUILD_INFO: &str = "subledger_build_info";
+pub const PUBLISH_LAG: &str = "subledger_publish_lag_seconds";
+pub const PUBLISHED_ENTRIES: &str = "subledger_published_entries_total";
+pub const PUBLISH_ERRORS: &str = "subledger_publish_errors_total";
+pub const PUBLISH_BACKLOG: &str = "subledger_publish_backlog_entries";
 
 /// Latency buckets in seconds: a commit takes about a millisecond, a call under load tens of
 /// milliseconds, and a lock_timeout 10 s.
@@ -127,6 +131,23 @@ fn describe() {
         "Head reads of watched offerings looking for commits by another process on the same SQLite file (one per watched offering per second)."
     );
     describe_gauge!(
+        PUBLISH_LAG,
+        Unit::Seconds,
+        "NATS publication: age of the oldest entry not yet acknowledged by JetStream, as of the publisher's last look (0 on replicas that do not hold the publication lease)."
+    );
+    describe_counter!(
+        PUBLISHED_ENTRIES,
+        "NATS publication: entries JetStream acknowledged, published by this process."
+    );
+    describe_counter!(
+        PUBLISH_ERRORS,
+        "NATS publication: failed attempts (NATS or the database unreachable, an ack missing); each is retried."
+    );
+    describe_gauge!(
+        PUBLISH_BACKLOG,
+        "NATS publication: entries committed and not yet acknowledged by JetStream, as of the publisher's last look (0 on replicas that do not hold the publication lease)."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which subledger runs."
     );
@@ -195,6 +216,72 @@ impl CommitMetrics {
 }
 
 impl Default for CommitMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The NATS publisher's metric handles, registered once. The lag is the age of the oldest
+/// unpublished entry the publisher last saw, and grows with the clock until it looks again
+/// ([`PublishMetrics::tick`]): while NATS is down a round of publishing takes seconds.
+pub struct PublishMetrics {
+    pub published: metrics::Counter,
+    pub errors: metrics::Counter,
+    lag: metrics::Gauge,
+    backlog: metrics::Gauge,
+    oldest_unpublished: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+}
+
+impl PublishMetrics {
+    pub fn new() -> Self {
+        Self {
+            published: metrics::counter!(PUBLISHED_ENTRIES),
+            errors: metrics::counter!(PUBLISH_ERRORS),
+            lag: metrics::gauge!(PUBLISH_LAG),
+            backlog: metrics::gauge!(PUBLISH_BACKLOG),
+            oldest_unpublished: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Sets the lag and the backlog from a read of every offering behind its cursor.
+    pub fn backlog(&self, backlog: &[crate::store::Backlog]) {
+        let oldest = backlog.iter().filter_map(|b| b.oldest_unpublished).min();
+        *self
+            .oldest_unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = oldest;
+        self.backlog
+            .set(backlog.iter().map(|b| b.entries() as f64).sum::<f64>());
+        self.tick();
+    }
+
+    /// Sets the lag to the age, now, of the oldest unpublished entry last seen.
+    pub fn tick(&self) {
+        let oldest = *self
+            .oldest_unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let lag = oldest.map_or(0.0, |oldest| {
+            (chrono::Utc::now() - oldest)
+                .to_std()
+                .unwrap_or_default()
+                .as_secs_f64()
+        });
+        self.lag.set(lag);
+    }
+
+    /// This process does not publish (another holds the lease, or it stopped).
+    pub fn not_publishing(&self) {
+        *self
+            .oldest_unpublished
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.lag.set(0.0);
+        self.backlog.set(0.0);
+    }
+}
+
+impl Default for PublishMetrics {
     fn default() -> Self {
         Self::new()
     }

@@ -12,6 +12,7 @@
 
 pub mod eventually;
 pub mod metrics;
+pub mod nats;
 pub mod process;
 pub mod raw;
 pub mod skip;

@@ -19,6 +19,7 @@ mod backfill;
 mod changes;
 mod create;
 mod primary;
+mod publication;
 mod url;
 mod write;
 
@@ -39,8 +40,8 @@ use super::rows::{
     position_columns,
 };
 use super::{
-    CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Interest, PoolStats, SnapshotReader,
-    Store, StoreError,
+    Backlog, CHANGE_CHANNEL_CAPACITY, Change, Changes, HistoryQuery, Interest, Lease, PoolStats,
+    SnapshotReader, StartAt, Store, StoreError,
 };
 use crate::ledger::chain::Hash;
 use crate::ledger::merkle::NodeRange;
@@ -561,6 +562,45 @@ impl Store for PgStore {
             max: self.pool.options().get_max_connections(),
             primary: Some(self.primary.stats()),
         }
+    }
+
+    async fn take_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        start: StartAt,
+    ) -> Result<Option<i64>, StoreError> {
+        self.take_lease(lease, start).await
+    }
+
+    async fn renew_publication_lease(
+        &self,
+        lease: &Lease<'_>,
+        epoch: i64,
+    ) -> Result<bool, StoreError> {
+        self.renew_lease(lease, epoch).await
+    }
+
+    async fn release_publication_lease(&self, name: &str, epoch: i64) -> Result<(), StoreError> {
+        self.release_lease(name, epoch).await
+    }
+
+    async fn publication_backlog(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Backlog>, StoreError> {
+        self.backlog(after, limit).await
+    }
+
+    async fn advance_publication_cursor(
+        &self,
+        name: &str,
+        epoch: i64,
+        offering_id: &str,
+        sequence: i64,
+    ) -> Result<bool, StoreError> {
+        self.advance_cursor(name, epoch, offering_id, sequence)
+            .await
     }
 }
 
