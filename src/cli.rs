@@ -47,10 +47,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gRPC API (applies pending migrations first).
+    /// Serve the gRPC API (applies pending migrations first, unless --no-migrate).
     Serve(ServeArgs),
-    /// Apply pending migrations and exit.
-    Migrate(DatabaseArgs),
+    /// Apply pending migrations and exit (as the owner role; --grant-to then gives the runtime
+    /// role what serving needs).
+    Migrate(MigrateArgs),
     /// Verify offerings offline, straight from the database (every one, or --offering), or an
     /// export file with no database; exit 0 only if everything holds.
     Verify(VerifyArgs),
@@ -141,6 +142,21 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Do not migrate: check that the database is migrated exactly as this binary would, and
+    /// refuse to start otherwise. For a runtime role that may not migrate (`subledger migrate
+    /// --grant-to`, run by the owner, does it).
+    #[arg(long, env = "SUBLEDGER_NO_MIGRATE")]
+    no_migrate: bool,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// PostgreSQL: then give this existing role exactly what `serve` needs (docs/operations.md,
+    /// "Roles"), and nothing more; serve connects as it with --no-migrate.
+    #[arg(long, env = "SUBLEDGER_GRANT_TO", value_name = "ROLE")]
+    grant_to: Option<String>,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -314,13 +330,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    match args.database()? {
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    match args.database.database()? {
         Database::Postgres(url) => {
-            open_postgres(&url, args.postgres_settings()).await?;
+            let store = open_postgres(&url, args.database.postgres_settings()).await?;
             tracing::info!(backend = "postgres", database = %describe_pg(&url), "migrations applied");
+            if let Some(role) = &args.grant_to {
+                store
+                    .grant_runtime(role)
+                    .await
+                    .context("cannot grant the runtime role its privileges")?;
+                tracing::info!(role, "runtime role granted what serving needs");
+            }
         }
         Database::Sqlite(path) => {
+            if args.grant_to.is_some() {
+                bail!("--grant-to names a PostgreSQL role; SQLite has no roles");
+            }
             open_sqlite(&path).await?;
             tracing::info!(backend = "sqlite", path = %path.display(), "migrations applied");
         }
@@ -403,13 +429,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // once instead of waiting on calls that cannot be answered.
     match database {
         Database::Postgres(url) => {
-            let store = open_postgres(&url, args.database.postgres_settings()).await?;
+            let settings = args.database.postgres_settings();
+            let store = if args.no_migrate {
+                open_postgres_migrated(&url, settings).await?
+            } else {
+                open_postgres(&url, settings).await?
+            };
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
             serve_until_shutdown(store, listeners, config, shutdown).await
         }
         Database::Sqlite(path) => {
-            let store = open_sqlite(&path).await?;
+            let store = if args.no_migrate {
+                open_sqlite_migrated(&path).await?
+            } else {
+                open_sqlite(&path).await?
+            };
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
             serve_until_shutdown(store, listeners, config, shutdown).await
@@ -581,6 +616,14 @@ pub async fn open_postgres(url: &str, settings: PgSettings) -> anyhow::Result<Pg
     Ok(store)
 }
 
+/// Connects and checks, changing nothing, that the database is migrated exactly as this binary
+/// would (`serve --no-migrate`, as a runtime role that may not migrate).
+pub async fn open_postgres_migrated(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
+    let store = connect_postgres(url, settings).await?;
+    store.check_migrated().await?;
+    Ok(store)
+}
+
 /// Connects and changes nothing: an audit reads the database as it is.
 async fn connect_postgres(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
     PgStore::connect(url, settings)
@@ -608,6 +651,20 @@ pub async fn open_sqlite(path: &Path) -> anyhow::Result<SqliteStore> {
         .migrate()
         .await
         .with_context(|| format!("cannot apply SQLite migrations to {}", path.display()))?;
+    Ok(store)
+}
+
+/// Opens an existing file and checks, changing nothing, that it is migrated exactly as this
+/// binary would (`serve --no-migrate`).
+async fn open_sqlite_migrated(path: &Path) -> anyhow::Result<SqliteStore> {
+    if !path.is_file() {
+        bail!(
+            "no SQLite database at {}: run `subledger migrate` first, or serve without --no-migrate",
+            path.display()
+        );
+    }
+    let store = connect_sqlite(path).await?;
+    store.check_migrated().await?;
     Ok(store)
 }
 

@@ -203,6 +203,7 @@ impl ApiError {
                 StoreError::Database(_)
                 | StoreError::Corrupt(_)
                 | StoreError::Migrate(_)
+                | StoreError::NotMigrated(_)
                 | StoreError::Config(_)
                 | StoreError::NoWriter(_) => (Code::Internal, "INTERNAL", vec![]),
             },

@@ -14,6 +14,7 @@ pub mod eventually;
 pub mod metrics;
 pub mod process;
 pub mod raw;
+pub mod roles;
 pub mod skip;
 pub mod tamper;
 pub mod tls;
@@ -141,9 +142,16 @@ impl TestDb {
         let token = shutdown.clone();
         let task = match self.backend {
             Backend::Postgres => {
-                let store = subledger::cli::open_postgres(url, Default::default())
-                    .await
-                    .expect("open PostgreSQL store");
+                let store = if roles::serve_as_runtime_role() && url == self.url {
+                    self.migrate_and_grant_runtime_role().await;
+                    subledger::cli::open_postgres_migrated(&self.runtime_url(), Default::default())
+                        .await
+                        .expect("open PostgreSQL store as the runtime role")
+                } else {
+                    subledger::cli::open_postgres(url, Default::default())
+                        .await
+                        .expect("open PostgreSQL store")
+                };
                 tokio::spawn(async move {
                     subledger::server::serve(store, vec![listener], config, token)
                         .await
@@ -287,6 +295,33 @@ impl TestDb {
                     .unwrap(),
             ),
         }
+    }
+}
+
+impl TestDb {
+    /// This PostgreSQL database's URL as [`roles::RUNTIME_ROLE`].
+    pub fn runtime_url(&self) -> String {
+        roles::as_role(&self.url, roles::RUNTIME_ROLE)
+    }
+
+    /// What `subledger migrate --grant-to` does as the owner: migrate, then grant the runtime
+    /// role (created if missing) what serving needs.
+    pub async fn migrate_and_grant_runtime_role(&self) {
+        assert_eq!(self.backend, Backend::Postgres, "roles are PostgreSQL's");
+        roles::ensure_runtime_role(&postgres_admin_url()).await;
+        let owner = subledger::cli::open_postgres(
+            &self.url,
+            subledger::store::PgSettings {
+                max_connections: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("migrate as the owner");
+        owner
+            .grant_runtime(roles::RUNTIME_ROLE)
+            .await
+            .expect("grant the runtime role");
     }
 }
 

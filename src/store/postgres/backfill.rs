@@ -3,8 +3,8 @@
 
 use super::PgStore;
 use crate::ledger;
-use crate::store::StoreError;
 use crate::store::rows::{EntryRow, entry_columns};
+use crate::store::{StoreError, migrations};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -20,6 +20,19 @@ impl PgStore {
             .await?;
         crate::store::backfill_each(&unchained, |offering_id| self.backfill_chain(offering_id))
             .await
+    }
+
+    /// Changes nothing: Ok only if the database is migrated exactly as [`PgStore::migrate`]
+    /// would leave it (see `store::migrations`), for `serve --no-migrate` as the runtime role.
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        let applied: Vec<migrations::Applied> = sqlx::query_as(migrations::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(migrations::unreadable)?;
+        let unchained: Vec<String> = sqlx::query_scalar(crate::store::UNCHAINED_OFFERINGS)
+            .fetch_all(&self.pool)
+            .await?;
+        migrations::check(&MIGRATOR, &applied, unchained.len())
     }
 
     /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,
