@@ -142,6 +142,10 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Take every option not given as a flag or in the environment from this TOML file (keys:
+    /// the long flag names; deploy/subledger.toml is an example).
+    #[arg(long, env = "SUBLEDGER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Do not migrate: check that the database is migrated exactly as this binary would, and
     /// refuse to start otherwise. For a runtime role that may not migrate (`subledger migrate
     /// --grant-to`, run by the owner, does it).
@@ -297,7 +301,8 @@ fn scheme_of(url: &str) -> &str {
 
 /// Entry point of the binary: runs the command, prints a failure as one line, sets the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Cli::parse(), with serve's defaults from --config (config_file.rs has read `config`).
+    let cli: Cli = crate::config_file::parse();
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -417,6 +422,9 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.config {
+        tracing::info!(path = %path.display(), "options not given as flags or in the environment come from this file");
+    }
     let database = args.database.database()?;
     let addresses = resolve_listen(&args.listen).await?;
     let mut config = server_config(&args, &addresses)?;

@@ -8,7 +8,7 @@
 //! - [`ledger`]: the domain rules (caps, lifecycle, idempotency), pure;
 //! - [`store`]: one trait with a PostgreSQL and a SQLite implementation; owns SQL and transactions.
 //!
-//! [`cli`] and [`server`] wire them together, [`audit`] verifies a database or an export
+//! [`cli`] and [`server`] wire them together ([`config_file`]: serve's options from TOML), [`audit`] verifies a database or an export
 //! offline; `main.rs` only calls [`cli::run`]. Beside this crate in the workspace:
 //! crates/subledger-proto (the generated code [`proto`] re-exports), crates/subledger-client
 //! (the typed client), crates/subledger-bench (`subledger bench`).
@@ -16,6 +16,7 @@
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod config_file;
 pub mod group_commit;
 pub mod ledger;
 pub mod proto;
