@@ -211,3 +211,19 @@ fn the_operations_guide_lists_exactly_the_grants() {
         "docs/operations.md's grants table against RUNTIME_GRANTS"
     );
 }
+
+/// The test helper that turns the owner's URL into the runtime role's.
+#[test]
+fn the_user_of_a_url_is_replaced() {
+    assert_eq!(
+        common::roles::as_role(
+            "postgres://postgres:pw@127.0.0.1:5432/db?sslmode=disable",
+            "app"
+        ),
+        "postgres://app@127.0.0.1:5432/db?sslmode=disable"
+    );
+    assert_eq!(
+        common::roles::as_role("postgres://h1,h2/db", "app"),
+        "postgres://app@h1,h2/db"
+    );
+}

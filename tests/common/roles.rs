@@ -48,18 +48,3 @@ pub fn as_role(url: &str, role: &str) -> String {
     };
     format!("{scheme}://{role}@{hosts}{}", &rest[authority_end..])
 }
-
-#[test]
-fn the_user_of_a_url_is_replaced() {
-    assert_eq!(
-        as_role(
-            "postgres://postgres:pw@127.0.0.1:5432/db?sslmode=disable",
-            "app"
-        ),
-        "postgres://app@127.0.0.1:5432/db?sslmode=disable"
-    );
-    assert_eq!(
-        as_role("postgres://h1,h2/db", "app"),
-        "postgres://app@h1,h2/db"
-    );
-}
