@@ -48,10 +48,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gRPC API (applies pending migrations first).
+    /// Serve the gRPC API (applies pending migrations first, unless --no-migrate).
     Serve(ServeArgs),
-    /// Apply pending migrations and exit.
-    Migrate(DatabaseArgs),
+    /// Apply pending migrations and exit (as the owner role; --grant-to then gives the runtime
+    /// role what serving needs).
+    Migrate(MigrateArgs),
     /// Verify offerings offline, straight from the database (every one, or --offering), or an
     /// export file with no database; exit 0 only if everything holds.
     Verify(VerifyArgs),
@@ -142,6 +143,25 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Take every option not given as a flag or in the environment from this TOML file (keys:
+    /// the long flag names; deploy/subledger.toml is an example).
+    #[arg(long, env = "SUBLEDGER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Do not migrate: check that the database is migrated exactly as this binary would, and
+    /// refuse to start otherwise. For a runtime role that may not migrate (`subledger migrate
+    /// --grant-to`, run by the owner, does it).
+    #[arg(long, env = "SUBLEDGER_NO_MIGRATE")]
+    no_migrate: bool,
+    #[command(flatten)]
+    database: DatabaseArgs,
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// PostgreSQL: then give this existing role exactly what `serve` needs (docs/operations.md,
+    /// "Roles"), and nothing more; serve connects as it with --no-migrate.
+    #[arg(long, env = "SUBLEDGER_GRANT_TO", value_name = "ROLE")]
+    grant_to: Option<String>,
     #[command(flatten)]
     nats: NatsArgs,
     #[command(flatten)]
@@ -382,7 +402,8 @@ fn scheme_of(url: &str) -> &str {
 
 /// Entry point of the binary: runs the command, prints a failure as one line, sets the exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Cli::parse(), with serve's defaults from --config (config_file.rs has read `config`).
+    let cli: Cli = crate::config_file::parse();
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -415,13 +436,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn migrate(args: DatabaseArgs) -> anyhow::Result<()> {
-    match args.database()? {
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    match args.database.database()? {
         Database::Postgres(url) => {
-            open_postgres(&url, args.postgres_settings()).await?;
+            let store = open_postgres(&url, args.database.postgres_settings()).await?;
             tracing::info!(backend = "postgres", database = %describe_pg(&url), "migrations applied");
+            if let Some(role) = &args.grant_to {
+                store
+                    .grant_runtime(role)
+                    .await
+                    .context("cannot grant the runtime role its privileges")?;
+                tracing::info!(role, "runtime role granted what serving needs");
+            }
         }
         Database::Sqlite(path) => {
+            if args.grant_to.is_some() {
+                bail!("--grant-to names a PostgreSQL role; SQLite has no roles");
+            }
             open_sqlite(&path).await?;
             tracing::info!(backend = "sqlite", path = %path.display(), "migrations applied");
         }
@@ -512,6 +543,9 @@ async fn export(args: ExportArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.config {
+        tracing::info!(path = %path.display(), "options not given as flags or in the environment come from this file");
+    }
     let database = args.database.database()?;
     let addresses = resolve_listen(&args.listen).await?;
     let mut config = server_config(&args, &addresses)?;
@@ -525,13 +559,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // once instead of waiting on calls that cannot be answered.
     match database {
         Database::Postgres(url) => {
-            let store = open_postgres(&url, args.database.postgres_settings()).await?;
+            let settings = args.database.postgres_settings();
+            let store = if args.no_migrate {
+                open_postgres_migrated(&url, settings).await?
+            } else {
+                open_postgres(&url, settings).await?
+            };
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "postgres", database = %describe_pg(&url), tls, mutual_tls, "subledger serving");
             serve_until_shutdown(store, listeners, config, nats, shutdown).await
         }
         Database::Sqlite(path) => {
-            let store = open_sqlite(&path).await?;
+            let store = if args.no_migrate {
+                open_sqlite_migrated(&path).await?
+            } else {
+                open_sqlite(&path).await?
+            };
             let listeners = bind(&args, &addresses, &mut config).await?;
             tracing::info!(listen = %args.listen, addresses = ?local_addresses(&listeners), backend = "sqlite", path = %path.display(), tls, mutual_tls, "subledger serving");
             serve_until_shutdown(store, listeners, config, nats, shutdown).await
@@ -742,6 +785,14 @@ pub async fn open_postgres(url: &str, settings: PgSettings) -> anyhow::Result<Pg
     Ok(store)
 }
 
+/// Connects and checks, changing nothing, that the database is migrated exactly as this binary
+/// would (`serve --no-migrate`, as a runtime role that may not migrate).
+pub async fn open_postgres_migrated(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
+    let store = connect_postgres(url, settings).await?;
+    store.check_migrated().await?;
+    Ok(store)
+}
+
 /// Connects and changes nothing: an audit reads the database as it is.
 async fn connect_postgres(url: &str, settings: PgSettings) -> anyhow::Result<PgStore> {
     PgStore::connect(url, settings)
@@ -769,6 +820,20 @@ pub async fn open_sqlite(path: &Path) -> anyhow::Result<SqliteStore> {
         .migrate()
         .await
         .with_context(|| format!("cannot apply SQLite migrations to {}", path.display()))?;
+    Ok(store)
+}
+
+/// Opens an existing file and checks, changing nothing, that it is migrated exactly as this
+/// binary would (`serve --no-migrate`).
+async fn open_sqlite_migrated(path: &Path) -> anyhow::Result<SqliteStore> {
+    if !path.is_file() {
+        bail!(
+            "no SQLite database at {}: run `subledger migrate` first, or serve without --no-migrate",
+            path.display()
+        );
+    }
+    let store = connect_sqlite(path).await?;
+    store.check_migrated().await?;
     Ok(store)
 }
 

@@ -10,14 +10,16 @@
 //!
 //! [`publish`] follows the history out to NATS JetStream.
 //!
-//! [`cli`] and [`server`] wire them together, [`audit`] verifies a database or an export
-//! offline; `main.rs` only calls [`cli::run`]. Beside this crate in the workspace:
-//! crates/subledger-proto (the generated code [`proto`] re-exports), crates/subledger-client
-//! (the typed client), crates/subledger-bench (`subledger bench`).
+//! [`cli`] and [`server`] wire them together ([`config_file`]: serve's options from TOML),
+//! [`audit`] verifies a database or an export offline; `main.rs` only calls [`cli::run`].
+//! Beside this crate in the workspace: crates/subledger-proto (the generated code [`proto`]
+//! re-exports), crates/subledger-client (the typed client), crates/subledger-bench
+//! (`subledger bench`).
 
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod config_file;
 pub mod group_commit;
 pub mod ledger;
 pub mod proto;

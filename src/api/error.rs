@@ -210,6 +210,7 @@ impl ApiError {
                 StoreError::Database(_)
                 | StoreError::Corrupt(_)
                 | StoreError::Migrate(_)
+                | StoreError::NotMigrated(_)
                 | StoreError::Config(_)
                 | StoreError::NoWriter(_) => (Code::Internal, "INTERNAL", vec![]),
             },

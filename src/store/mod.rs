@@ -7,6 +7,7 @@
 mod columns;
 #[cfg(test)]
 pub(crate) mod fake;
+mod migrations;
 mod postgres;
 pub mod publication;
 mod rows;
@@ -27,7 +28,7 @@ use crate::ledger::{
 pub use crate::telemetry::metrics::PoolStats;
 pub use publication::{Backlog, Lease, StartAt};
 
-pub use postgres::{DEFAULT_IO_TIMEOUT, PgSettings, PgStore, PgTargets};
+pub use postgres::{DEFAULT_IO_TIMEOUT, Grant, PgSettings, PgStore, PgTargets, RUNTIME_GRANTS};
 pub use sqlite::{LIST_OFFERINGS_SQL as SQLITE_LIST_OFFERINGS_SQL, SqliteStore};
 
 #[cfg(test)]
@@ -59,6 +60,12 @@ pub enum StoreError {
     /// A migration failed (only ever from `migrate()`, before a server serves).
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database is not migrated exactly as this binary migrates (only ever from
+    /// `check_migrated()`, before a server serves).
+    #[error(
+        "the database is not migrated as this binary expects: {0}; run `subledger migrate` as the owner role first"
+    )]
+    NotMigrated(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -91,6 +98,7 @@ impl StoreError {
             Self::Database(_)
             | Self::Corrupt(_)
             | Self::Migrate(_)
+            | Self::NotMigrated(_)
             | Self::Config(_)
             | Self::NoWriter(_) => true,
         }

@@ -156,6 +156,23 @@ impl SqliteStore {
         result
     }
 
+    /// Changes nothing: Ok only if the file is migrated exactly as [`SqliteStore::migrate`]
+    /// would leave it (see `store::migrations`), for `serve --no-migrate`.
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        use crate::store::migrations;
+        let applied: Vec<migrations::Applied> = sqlx::query_as(migrations::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(migrations::unreadable)?;
+        let unchained: Vec<String> = sqlx::query_scalar(crate::store::UNCHAINED_OFFERINGS)
+            .fetch_all(&self.pool)
+            .await?;
+        let unbuilt: Vec<String> = sqlx::query_scalar(crate::store::UNBUILT_TREES)
+            .fetch_all(&self.pool)
+            .await?;
+        migrations::check(&MIGRATOR, &applied, unchained.len() + unbuilt.len())
+    }
+
     async fn migrate_locked(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         let unchained: Vec<String> = sqlx::query_scalar(crate::store::UNCHAINED_OFFERINGS)

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod nats;
 pub mod process;
 pub mod raw;
+pub mod roles;
 pub mod skip;
 pub mod tamper;
 pub mod tls;
@@ -142,9 +143,16 @@ impl TestDb {
         let token = shutdown.clone();
         let task = match self.backend {
             Backend::Postgres => {
-                let store = subledger::cli::open_postgres(url, Default::default())
-                    .await
-                    .expect("open PostgreSQL store");
+                let store = if roles::serve_as_runtime_role() && url == self.url {
+                    self.migrate_and_grant_runtime_role().await;
+                    subledger::cli::open_postgres_migrated(&self.runtime_url(), Default::default())
+                        .await
+                        .expect("open PostgreSQL store as the runtime role")
+                } else {
+                    subledger::cli::open_postgres(url, Default::default())
+                        .await
+                        .expect("open PostgreSQL store")
+                };
                 tokio::spawn(async move {
                     subledger::server::serve(store, vec![listener], config, token)
                         .await
@@ -288,6 +296,20 @@ impl TestDb {
                     .unwrap(),
             ),
         }
+    }
+}
+
+impl TestDb {
+    /// This PostgreSQL database's URL as [`roles::RUNTIME_ROLE`].
+    pub fn runtime_url(&self) -> String {
+        roles::as_role(&self.url, roles::RUNTIME_ROLE)
+    }
+
+    /// What `subledger migrate --grant-to` does as the owner: migrate, then grant the runtime
+    /// role (created if missing) what serving needs.
+    pub async fn migrate_and_grant_runtime_role(&self) {
+        assert_eq!(self.backend, Backend::Postgres, "roles are PostgreSQL's");
+        roles::migrate_and_grant(&self.url).await;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::PgStore;
 use crate::ledger;
-use crate::store::StoreError;
+use crate::store::{StoreError, migrations};
 use crate::store::columns::{Params, Selection, names};
 use crate::store::rows::{EntryRow, NodeRow, OfferingNode, entry_columns};
 
@@ -93,6 +93,22 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Changes nothing: Ok only if the database is migrated exactly as [`PgStore::migrate`]
+    /// would leave it (see `store::migrations`), for `serve --no-migrate` as the runtime role.
+    pub async fn check_migrated(&self) -> Result<(), StoreError> {
+        let applied: Vec<migrations::Applied> = sqlx::query_as(migrations::APPLIED_MIGRATIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(migrations::unreadable)?;
+        let unchained: Vec<String> = sqlx::query_scalar(crate::store::UNCHAINED_OFFERINGS)
+            .fetch_all(&self.pool)
+            .await?;
+        let unbuilt: Vec<String> = sqlx::query_scalar(crate::store::UNBUILT_TREES)
+            .fetch_all(&self.pool)
+            .await?;
+        migrations::check(&MIGRATOR, &applied, unchained.len() + unbuilt.len())
     }
 
     /// Hashes one offering's history (docs/hash-chain.md) in ONE transaction: lock the head,

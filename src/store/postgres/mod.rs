@@ -12,12 +12,14 @@
 //!
 //! This file holds the store, its connections and the statement deadline, the reads, and the
 //! [`Store`] calls; the transactions that write are `apply` (a batch, written by `write`) and
-//! `create`; `backfill` migrates; `changes` hears the NOTIFYs.
+//! `create`; `backfill` migrates (and checks a migration for `serve --no-migrate`); `grants`
+//! gives the runtime role its least privileges; `changes` hears the NOTIFYs.
 
 mod apply;
 mod backfill;
 mod changes;
 mod create;
+mod grants;
 mod primary;
 mod publication;
 mod url;
@@ -48,6 +50,7 @@ use crate::ledger::merkle::NodeRange;
 use crate::ledger::{
     CreateOutcome, Entry, NewOffering, Offering, OfferingRequests, Position, Rejection, Results,
 };
+pub use grants::{Grant, RUNTIME_GRANTS};
 use primary::Primary;
 pub use url::{PgTargets, UrlError};
 
