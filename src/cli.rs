@@ -153,6 +153,8 @@ struct ServeArgs {
     #[arg(long, env = "SUBLEDGER_NO_MIGRATE")]
     no_migrate: bool,
     #[command(flatten)]
+    nats: NatsArgs,
+    #[command(flatten)]
     database: DatabaseArgs,
 }
 
@@ -162,8 +164,6 @@ struct MigrateArgs {
     /// "Roles"), and nothing more; serve connects as it with --no-migrate.
     #[arg(long, env = "SUBLEDGER_GRANT_TO", value_name = "ROLE")]
     grant_to: Option<String>,
-    #[command(flatten)]
-    nats: NatsArgs,
     #[command(flatten)]
     database: DatabaseArgs,
 }

@@ -4,9 +4,9 @@
 
 use super::PgStore;
 use crate::ledger;
-use crate::store::{StoreError, migrations};
 use crate::store::columns::{Params, Selection, names};
 use crate::store::rows::{EntryRow, NodeRow, OfferingNode, entry_columns};
+use crate::store::{StoreError, migrations};
 
 /// Parameters: one array per column of merkle_node.
 static INSERT_NODES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
