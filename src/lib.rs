@@ -20,5 +20,6 @@ pub mod group_commit;
 pub mod ledger;
 pub mod proto;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod telemetry;

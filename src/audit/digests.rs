@@ -12,7 +12,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use super::export::{parse_hash, parse_time};
-use crate::ledger::chain::{Digest, Hash};
+use crate::ledger::chain::{Digest, Hash, Signed};
+use crate::signing::KeyId;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,14 @@ struct DigestText {
     tree_size: Option<Sequence>,
     #[serde(alias = "rootHash", default)]
     root_hash: Option<String>,
+    /// Set by GetDigest; part of what a signature covers.
+    #[serde(alias = "ledgerId", default)]
+    ledger_id: Option<String>,
+    /// Absent (or empty) in an unsigned digest: base64 (grpcurl) or hex, 64 bytes.
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(alias = "keyId", default)]
+    key_id: Option<String>,
 }
 
 /// proto3 JSON writes int64 as a string; JSON lines may write a number.
@@ -75,7 +84,25 @@ impl DigestText {
             (_, Some(text)) => Some(hash(text)?),
             (_, None) => return Err(anyhow!("a tree_size without a root_hash")),
         };
+        let signed = match self.signature.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(Signed {
+                signature: signature(text)?,
+                key_id: self
+                    .key_id
+                    .as_deref()
+                    .and_then(KeyId::parse)
+                    .ok_or_else(|| anyhow!("a signature without a key_id of 16 hex digits"))?
+                    .0,
+                ledger_id: self
+                    .ledger_id
+                    .as_deref()
+                    .and_then(|text| uuid::Uuid::parse_str(text).ok())
+                    .ok_or_else(|| anyhow!("a signature without a ledger_id (a UUID)"))?,
+            }),
+        };
         Ok(Digest {
+            signed,
             offering_id: self.offering_id,
             sequence,
             entry_hash: hash(&self.entry_hash)?,
@@ -97,6 +124,22 @@ impl Sequence {
                 .map_err(|_| anyhow!("{name} {text:?} is not a number")),
         }
     }
+}
+
+/// An Ed25519 signature: 128 hex digits, or base64 as proto3 JSON writes bytes.
+fn signature(text: &str) -> anyhow::Result<[u8; 64]> {
+    let bytes = if text.len() == 128 {
+        (0..64)
+            .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+    } else {
+        STANDARD.decode(text).ok()
+    };
+    bytes
+        .and_then(|bytes| <[u8; 64]>::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| {
+            anyhow!("signature {text:?} is neither 128 hex digits nor 64 bytes of base64")
+        })
 }
 
 /// 64 hex digits, or the 44 characters of base64 that proto3 JSON writes for 32 bytes.

@@ -120,6 +120,10 @@ impl Store for FakeStore {
         Ok(())
     }
 
+    async fn ledger_id(&self) -> Result<uuid::Uuid, StoreError> {
+        Ok(uuid::Uuid::nil())
+    }
+
     async fn create_offering(
         &self,
         _: &NewOffering,
