@@ -350,15 +350,15 @@ mod tests {
         let trusted = trusting(&[&key]);
         let signed = DigestSigner::new(key.clone()).sign(example_ledger(), example_digest());
         let key_id = KeyId::of(&key.verifying_key());
-        let changes: Vec<Box<dyn Fn(&mut Digest)>> = vec![
-            Box::new(|d| d.offering_id.push('x')),
-            Box::new(|d| d.sequence += 1),
-            Box::new(|d| d.entry_hash[0] ^= 1),
-            Box::new(|d| d.root_hash.as_mut().unwrap()[31] ^= 1),
-            Box::new(|d| d.root_hash = None),
-            Box::new(|d| *d.record_time.as_mut().unwrap() += chrono::Duration::microseconds(1)),
-            Box::new(|d| d.signed.as_mut().unwrap().ledger_id = Uuid::nil()),
-            Box::new(|d| d.signed.as_mut().unwrap().signature[0] ^= 1),
+        let changes: [fn(&mut Digest); 8] = [
+            |d| d.offering_id.push('x'),
+            |d| d.sequence += 1,
+            |d| d.entry_hash[0] ^= 1,
+            |d| d.root_hash.as_mut().unwrap()[31] ^= 1,
+            |d| d.root_hash = None,
+            |d| *d.record_time.as_mut().unwrap() += chrono::Duration::microseconds(1),
+            |d| d.signed.as_mut().unwrap().ledger_id = Uuid::nil(),
+            |d| d.signed.as_mut().unwrap().signature[0] ^= 1,
         ];
         for change in changes {
             let mut digest = signed.clone();
