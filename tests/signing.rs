@@ -316,7 +316,65 @@ async fn the_binary_signs_and_verify_checks_with_the_public_key(db: TestDb) {
     assert_eq!(code, 0, "{out}");
 }
 
+/// An investor's check with nothing but the proof, the signed digest and the public key: no
+/// database, no server.
+async fn a_proof_checks_offline_against_a_signed_digest_only(db: TestDb) {
+    let server = db.start_server_with(signing(Some(&key(1)), &[])).await;
+    let mut client = server.client().await;
+    deal(&mut client).await;
+    let digest = get_digest(&mut client).await;
+    let proof = client
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            offering_id: "deal".into(),
+            sequence: 2,
+            tree_size: digest.tree_size,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let folder = tempfile::tempdir().unwrap();
+    let path = |name: &str| folder.path().join(name);
+    let grpcurl_proof = serde_json::json!({
+        "offeringId": proof.offering_id,
+        "sequence": proof.sequence.to_string(),
+        "treeSize": proof.tree_size.to_string(),
+        "entryHash": b64(&proof.entry_hash),
+        "auditPath": proof.audit_path.iter().map(|h| b64(h)).collect::<Vec<_>>(),
+        "rootHash": b64(&proof.root_hash),
+    });
+    std::fs::write(path("proof.json"), grpcurl_proof.to_string()).unwrap();
+    keep(&digest, &path("digest.json"));
+    for (seed, name) in [(1, "key.pub"), (2, "other.pub")] {
+        let pem = subledger::signing::public_key_pem(&key(seed).verifying_key()).unwrap();
+        std::fs::write(path(name), pem).unwrap();
+    }
+    let check = |public_key: &str| {
+        let output = subledger(&[
+            "verify",
+            "--inclusion",
+            path("proof.json").to_str().unwrap(),
+            "--digests",
+            path("digest.json").to_str().unwrap(),
+            "--public-key",
+            path(public_key).to_str().unwrap(),
+        ]);
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        (output.status.code().unwrap(), stdout)
+    };
+    let (code, out) = check("key.pub");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with("OK: 1 proofs checked, 0 failed\n"), "{out}");
+    // The same proof and digest, but the digest's signer is not the key the investor trusts:
+    // the digest is refused, and with it the only root the proof could lead to.
+    let (code, out) = check("other.pub");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("which is not trusted"), "{out}");
+}
+
 backend_tests!(
+    a_proof_checks_offline_against_a_signed_digest_only,
     get_digest_is_signed_only_with_a_signing_key,
     verify_offering_refuses_forged_altered_and_untrusted_digests,
     the_binary_signs_and_verify_checks_with_the_public_key,
