@@ -196,6 +196,29 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_signature_in_base64_or_hex_and_refuses_one_without_its_key_id() {
+        let signature = [7u8; 64];
+        let grpcurl = format!(
+            r#"{{"offeringId": "deal", "sequence": "4", "entryHash": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "recordTime": "2026-11-26T12:00:00.123456Z", "ledgerId": "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b", "signature": "{}", "keyId": "56475aa75463474c"}}"#,
+            STANDARD.encode(signature)
+        );
+        let line = grpcurl.replace(&STANDARD.encode(signature), &"07".repeat(64));
+        for text in [&grpcurl, &line] {
+            let signed = parse(text).unwrap().remove(0).signed.unwrap();
+            assert_eq!(signed.signature, signature);
+            assert_eq!(KeyId(signed.key_id).to_string(), "56475aa75463474c");
+            assert_eq!(
+                signed.ledger_id.to_string(),
+                "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+            );
+        }
+        let unsigned = grpcurl.replace(&STANDARD.encode(signature), "");
+        assert!(parse(&unsigned).unwrap()[0].signed.is_none());
+        assert!(parse(&grpcurl.replace("56475aa75463474c", "")).is_err());
+        assert!(parse(&grpcurl.replace("6f1c2a3b-", "")).is_err());
+    }
+
+    #[test]
     fn a_bad_digest_is_named() {
         let error = parse(r#"{"offering_id":"a","sequence":1,"entry_hash":"00"}"#).unwrap_err();
         assert!(
