@@ -270,6 +270,20 @@ async fn the_binary_signs_and_verify_checks_with_the_public_key(db: TestDb) {
         std::fs::write(path(public), printed.stdout).unwrap();
     }
 
+    // A public key is no signing key: serve refuses to start, naming the file.
+    let refused = subledger(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &db.url,
+        "--signing-key",
+        path("key.pub").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("is not an Ed25519 private key"), "{stderr}");
+
     let key_path = path("key.pem");
     let flags = ["--signing-key", key_path.to_str().unwrap()];
     let server = ServerProcess::start_with(&db.url, free_address(), &flags).await;

@@ -150,15 +150,17 @@ fn digest_signature(
     if digest.signature.is_empty() {
         return Ok(None);
     }
-    let signature = <[u8; 64]>::try_from(digest.signature.as_slice()).map_err(|_| {
-        ApiError::invalid(
-            "digest.signature",
-            format!(
-                "must be 64 bytes (Ed25519) or empty; it is {} bytes",
-                digest.signature.len()
-            ),
-        )
-    })?;
+    let signature =
+        <[u8; chain::SIGNATURE_BYTES]>::try_from(digest.signature.as_slice()).map_err(|_| {
+            ApiError::invalid(
+                "digest.signature",
+                format!(
+                    "must be {} bytes (Ed25519) or empty; it is {} bytes",
+                    chain::SIGNATURE_BYTES,
+                    digest.signature.len()
+                ),
+            )
+        })?;
     let key_id = crate::signing::KeyId::parse(&digest.key_id).ok_or_else(|| {
         ApiError::invalid("digest.key_id", "must be 16 hex digits in a signed digest")
     })?;

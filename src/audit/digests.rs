@@ -12,7 +12,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use super::export::{parse_hash, parse_time};
-use crate::ledger::chain::{Digest, Hash, Signed};
+use crate::ledger::chain::{Digest, Hash, SIGNATURE_BYTES, Signed};
 use crate::signing::KeyId;
 
 #[derive(Deserialize)]
@@ -127,16 +127,16 @@ impl Sequence {
 }
 
 /// An Ed25519 signature: 128 hex digits, or base64 as proto3 JSON writes bytes.
-fn signature(text: &str) -> anyhow::Result<[u8; 64]> {
-    let bytes = if text.len() == 128 {
-        (0..64)
+fn signature(text: &str) -> anyhow::Result<[u8; SIGNATURE_BYTES]> {
+    let bytes = if text.len() == 2 * SIGNATURE_BYTES {
+        (0..SIGNATURE_BYTES)
             .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
             .collect::<Option<Vec<u8>>>()
     } else {
         STANDARD.decode(text).ok()
     };
     bytes
-        .and_then(|bytes| <[u8; 64]>::try_from(bytes.as_slice()).ok())
+        .and_then(|bytes| <[u8; SIGNATURE_BYTES]>::try_from(bytes.as_slice()).ok())
         .ok_or_else(|| {
             anyhow!("signature {text:?} is neither 128 hex digits nor 64 bytes of base64")
         })

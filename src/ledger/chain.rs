@@ -34,6 +34,9 @@ pub struct Digest {
     pub signed: Option<Signed>,
 }
 
+/// An Ed25519 signature's length (RFC 8032).
+pub const SIGNATURE_BYTES: usize = 64;
+
 /// A digest's signature (docs/hash-chain.md "Signed digests"): by which key, over which ledger.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Signed {
@@ -42,7 +45,7 @@ pub struct Signed {
     /// The first 8 bytes of SHA-256 of the signer's raw public key.
     pub key_id: [u8; 8],
     /// Ed25519, over `signed_bytes`.
-    pub signature: [u8; 64],
+    pub signature: [u8; SIGNATURE_BYTES],
 }
 
 impl Digest {
