@@ -49,7 +49,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the gRPC API (applies pending migrations first, unless --no-migrate).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit (as the owner role; --grant-to then gives the runtime
     /// role what serving needs).
     Migrate(MigrateArgs),
@@ -64,6 +64,26 @@ enum Command {
     /// Bearer tokens for the auth file.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Ed25519 keys that sign digests (serve --signing-key) and check them
+    /// (--trusted-public-key).
+    #[command(subcommand)]
+    Key(KeyCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a new random private key to FILE (PKCS#8 PEM, mode 0600; an existing file is
+    /// never replaced), and print its key id.
+    New {
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key of the private key in FILE, to hand out: SPKI PEM ("BEGIN PUBLIC
+    /// KEY"), what --trusted-public-key reads. Its key id goes to stderr.
+    Public {
+        #[arg(long = "in", value_name = "FILE")]
+        input: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -143,6 +163,14 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (off when unset).
     #[arg(long, env = "SUBLEDGER_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// Sign every digest GetDigest returns with this Ed25519 private key (`subledger key new`);
+    /// unset: digests are unsigned. Its public key is trusted by VerifyOffering.
+    #[arg(long, env = "SUBLEDGER_SIGNING_KEY", value_name = "FILE")]
+    signing_key: Option<PathBuf>,
+    /// A public key (`subledger key public`) whose signed digests VerifyOffering believes, as
+    /// well as --signing-key's; repeat to trust several (a key rotation).
+    #[arg(long = "trusted-public-key", value_name = "FILE")]
+    trusted_public_keys: Vec<PathBuf>,
     /// Take every option not given as a flag or in the environment from this TOML file (keys:
     /// the long flag names; deploy/subledger.toml is an example).
     #[arg(long, env = "SUBLEDGER_CONFIG", value_name = "FILE")]
@@ -278,6 +306,10 @@ struct VerifyArgs {
     /// of a database; repeat for more files.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["offerings", "export"])]
     consistency: Vec<PathBuf>,
+    /// Require every digest of --digests to be signed by one of these public keys (`subledger
+    /// key public`), and, checking a database, to be of its ledger; repeat to trust several.
+    #[arg(long = "trusted-public-key", alias = "public-key", value_name = "FILE")]
+    trusted_public_keys: Vec<PathBuf>,
     #[command(flatten)]
     database: DatabaseArgs,
 }
@@ -425,10 +457,21 @@ pub fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let done = ExitCode::SUCCESS;
     match command {
-        Command::Serve(args) => serve(args).await.map(|()| done),
+        Command::Serve(args) => serve(*args).await.map(|()| done),
         Command::Bench(args) => subledger_bench::run(args).await.map(|()| done),
         Command::Token(TokenCommand::New { name, roles }) => {
             print_new_token(&name, &roles).map(|()| done)
+        }
+        Command::Key(KeyCommand::New { out }) => {
+            let key_id = crate::signing::write_new_key(&out)?;
+            println!("{key_id}");
+            Ok(done)
+        }
+        Command::Key(KeyCommand::Public { input }) => {
+            let key = crate::signing::read_signing_key(&input)?.verifying_key();
+            eprintln!("key id {}", crate::signing::KeyId::of(&key));
+            print!("{}", crate::signing::public_key_pem(&key)?);
+            Ok(done)
         }
         Command::Migrate(args) => migrate(args).await.map(|()| done),
         Command::Verify(args) => verify(args).await,
@@ -471,8 +514,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("in {}", path.display()))?,
         );
     }
+    let trusted = crate::signing::read_trusted_keys(&args.trusted_public_keys)?;
     let mut out = std::io::stdout().lock();
     if !args.inclusion.is_empty() || !args.consistency.is_empty() {
+        let (digests, refused) = crate::audit::check_signatures(digests, &trusted, None, &mut out)?;
         let read = |paths: &[PathBuf]| -> anyhow::Result<Vec<String>> {
             paths
                 .iter()
@@ -483,7 +528,10 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 .collect()
         };
         let (inclusion, consistency) = (read(&args.inclusion)?, read(&args.consistency)?);
-        let summary = crate::audit::proofs::check(&inclusion, &consistency, &digests, &mut out)?;
+        let mut summary =
+            crate::audit::proofs::check(&inclusion, &consistency, &digests, &mut out)?;
+        summary.checked += refused;
+        summary.failed += refused;
         use std::io::Write as _;
         writeln!(out, "{summary}")?;
         return Ok(if summary.holds() {
@@ -496,17 +544,21 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            crate::audit::verify_export(&text, &digests, &mut out)
-                .with_context(|| format!("{} is not an export", path.display()))?
+            let (digests, refused) =
+                crate::audit::check_signatures(digests, &trusted, None, &mut out)?;
+            let mut summary = crate::audit::verify_export(&text, &digests, &mut out)
+                .with_context(|| format!("{} is not an export", path.display()))?;
+            summary.add_refused(refused);
+            summary
         }
         None => match args.database.existing_database()? {
             Database::Postgres(url) => {
                 let store = connect_postgres(&url, args.database.postgres_settings()).await?;
-                crate::audit::verify_database(&store, &args.offerings, digests, &mut out).await?
+                verify_store(&store, &args.offerings, digests, &trusted, &mut out).await?
             }
             Database::Sqlite(path) => {
                 let store = connect_sqlite(&path).await?;
-                crate::audit::verify_database(&store, &args.offerings, digests, &mut out).await?
+                verify_store(&store, &args.offerings, digests, &trusted, &mut out).await?
             }
         },
     };
@@ -517,6 +569,30 @@ async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `verify` of a database: the digests' signatures (with its ledger id), then the offerings.
+async fn verify_store<S: Store>(
+    store: &S,
+    offerings: &[String],
+    digests: Vec<crate::ledger::chain::Digest>,
+    trusted: &crate::signing::TrustedKeys,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<crate::audit::Summary> {
+    let ledger_id = if trusted.is_empty() {
+        None
+    } else {
+        Some(
+            store
+                .ledger_id()
+                .await
+                .context("cannot read the ledger id")?,
+        )
+    };
+    let (digests, refused) = crate::audit::check_signatures(digests, trusted, ledger_id, out)?;
+    let mut summary = crate::audit::verify_database(store, offerings, digests, out).await?;
+    summary.add_refused(refused);
+    Ok(summary)
 }
 
 /// `subledger export`: the file to stdout or --output.
@@ -672,7 +748,23 @@ fn server_config(args: &ServeArgs, addresses: &[SocketAddr]) -> anyhow::Result<S
             max_investors_per_offering: args.max_investors_per_offering,
         },
         metrics_listener: None,
+        digest_keys: digest_keys(args)?,
     })
+}
+
+/// --signing-key and --trusted-public-key, read once at start-up.
+fn digest_keys(args: &ServeArgs) -> anyhow::Result<crate::signing::DigestKeys> {
+    let signing_key = args
+        .signing_key
+        .as_deref()
+        .map(crate::signing::read_signing_key)
+        .transpose()?;
+    let trusted = crate::signing::read_trusted_keys(&args.trusted_public_keys)?;
+    let keys = crate::signing::DigestKeys::new(signing_key, trusted);
+    if let Some(signer) = &keys.signer {
+        tracing::info!(key_id = %crate::signing::KeyId::of(&signer.public_key()), "signing digests");
+    }
+    Ok(keys)
 }
 
 fn tls_config(args: &ServeArgs) -> anyhow::Result<Option<tonic::transport::ServerTlsConfig>> {

@@ -25,5 +25,6 @@ pub mod ledger;
 pub mod proto;
 pub mod publish;
 pub mod server;
+pub mod signing;
 pub mod store;
 pub mod telemetry;

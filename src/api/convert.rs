@@ -93,8 +93,19 @@ pub fn position(position: Position) -> proto::Position {
     }
 }
 
-pub fn digest(digest: Digest) -> proto::Digest {
+/// A digest of the ledger `ledger_id`, with its signature if it has one.
+pub fn digest(digest: Digest, ledger_id: uuid::Uuid) -> proto::Digest {
+    let (signature, key_id) = match digest.signed {
+        Some(signed) => (
+            signed.signature.to_vec(),
+            crate::ledger::chain::hex(&signed.key_id),
+        ),
+        None => (Vec::new(), String::new()),
+    };
     proto::Digest {
+        ledger_id: ledger_id.to_string(),
+        signature,
+        key_id,
         offering_id: digest.offering_id,
         sequence: digest.sequence,
         entry_hash: digest.entry_hash.to_vec(),
@@ -304,10 +315,15 @@ mod tests {
             entry_hash: [9; 32],
             record_time: Some(every_field::time(5)),
             root_hash: Some([8; 32]),
+            signed: None,
         };
+        let ledger_id = uuid::Uuid::nil();
         assert_eq!(
-            digest(kept.clone()),
+            digest(kept.clone(), ledger_id),
             proto::Digest {
+                ledger_id: ledger_id.to_string(),
+                signature: vec![],
+                key_id: String::new(),
                 offering_id: "tower-7".into(),
                 sequence: 9,
                 entry_hash: vec![9; 32],
@@ -321,7 +337,7 @@ mod tests {
             root_hash: None,
             ..kept
         };
-        let hash_only = digest(hash_only);
+        let hash_only = digest(hash_only, ledger_id);
         assert_eq!(hash_only.record_time, None);
         assert_eq!((hash_only.tree_size, hash_only.root_hash), (0, vec![]));
     }

@@ -12,6 +12,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::group_commit::{QueueFull, QueueScope};
 use crate::ledger::Rejection;
+use crate::signing::SignatureError;
 use crate::store::StoreError;
 
 pub const ERROR_DOMAIN: &str = "subledger.v1";
@@ -51,6 +52,9 @@ pub enum ApiError {
     },
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A signed digest this server does not believe.
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     /// A proof asked about a tree larger than the offering's history.
     #[error("{field} {requested} is past the offering's history: its tree has {tree_size} entries")]
     PastHistory {
@@ -256,7 +260,44 @@ impl ApiError {
                     ("tree_size", tree_size.to_string()),
                 ],
             ),
+            Self::Signature(error) => signature_status(error),
         }
+    }
+}
+
+/// A refused digest signature: forged or altered is the request's fault; a key or a ledger
+/// this server does not know is a matter of its configuration (or of the digest's origin).
+fn signature_status(error: &SignatureError) -> (Code, &'static str, Vec<(&'static str, String)>) {
+    use SignatureError as E;
+    match error {
+        E::Unsigned => (
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            vec![("field", "digest.signature".to_owned())],
+        ),
+        E::NoRecordTime => (
+            Code::InvalidArgument,
+            "INVALID_FIELD",
+            vec![("field", "digest.record_time".to_owned())],
+        ),
+        E::Invalid { key_id } => (
+            Code::InvalidArgument,
+            "DIGEST_SIGNATURE_INVALID",
+            vec![("key_id", key_id.to_string())],
+        ),
+        E::KeyNotTrusted { key_id } => (
+            Code::FailedPrecondition,
+            "DIGEST_KEY_NOT_TRUSTED",
+            vec![("key_id", key_id.to_string())],
+        ),
+        E::OtherLedger { expected, found } => (
+            Code::FailedPrecondition,
+            "DIGEST_OTHER_LEDGER",
+            vec![
+                ("ledger_id", expected.to_string()),
+                ("digest_ledger_id", found.to_string()),
+            ],
+        ),
     }
 }
 

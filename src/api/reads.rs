@@ -236,6 +236,14 @@ pub(super) async fn verify_offering<S: Store>(
     traced(service.call("VerifyOffering", &r.offering_id, ""), async move {
         validate::id("offering_id", &r.offering_id)?;
         let digest = validate::digest(&r.offering_id, r.digest)?;
+        if let Some(digest) = &digest {
+            // An unsigned digest is the caller's own word, checked as before; a signed one
+            // must be by a key this server trusts, of this ledger.
+            service
+                .digest_keys
+                .trusted
+                .check(digest, Some(service.ledger_id))?;
+        }
         let _admitted = service.verifications_admitted.try_acquire().map_err(|_| {
             ApiError::LimitReached {
                 reason: "TOO_MANY_VERIFICATIONS",
@@ -313,7 +321,11 @@ pub(super) async fn get_digest<S: Store>(
     traced(service.call("GetDigest", &r.offering_id, ""), async move {
         validate::id("offering_id", &r.offering_id)?;
         let head = service.require_offering(&r.offering_id).await?;
-        Ok(convert::digest(Digest::of(&head)))
+        let mut digest = Digest::of(&head);
+        if let Some(signer) = &service.digest_keys.signer {
+            digest = signer.sign(service.ledger_id, digest);
+        }
+        Ok(convert::digest(digest, service.ledger_id))
     })
     .await
 }

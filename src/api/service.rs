@@ -11,6 +11,7 @@ use super::error::ApiError;
 use super::watch;
 use crate::group_commit::GroupCommitter;
 use crate::ledger;
+use crate::signing::DigestKeys;
 use crate::store::Store;
 use crate::telemetry::metrics;
 
@@ -57,6 +58,10 @@ pub struct LedgerService<S> {
     pub(super) verifications_running: Semaphore,
     /// When each offering that failed verification last raised an alarm.
     pub(super) verification_alarms: AlarmThrottle,
+    /// The ledger's id, which every digest carries (read at start-up; it never changes).
+    pub(super) ledger_id: uuid::Uuid,
+    /// How digests are signed and which signed ones are believed.
+    pub(super) digest_keys: DigestKeys,
     /// Each RPC's metric handles, registered once.
     rpc_metrics: std::collections::HashMap<&'static str, metrics::RpcMetrics>,
 }
@@ -76,11 +81,20 @@ impl<S: Store> LedgerService<S> {
             verifications_admitted: Semaphore::new(VERIFY_ADMITTED_MAX),
             verifications_running: Semaphore::new(VERIFY_RUNNING_MAX),
             verification_alarms: AlarmThrottle::default(),
+            ledger_id: uuid::Uuid::nil(),
+            digest_keys: DigestKeys::default(),
             rpc_metrics: auth::RPC_ROLES
                 .iter()
                 .map(|(method, _)| (*method, metrics::RpcMetrics::new(method)))
                 .collect(),
         }
+    }
+
+    /// Serves the ledger `ledger_id`, signing and checking digests with `keys`.
+    pub fn with_digest_keys(mut self, ledger_id: uuid::Uuid, keys: DigestKeys) -> Self {
+        self.ledger_id = ledger_id;
+        self.digest_keys = keys;
+        self
     }
 
     /// A call's span and metric handles (registered once per RPC, at start-up).

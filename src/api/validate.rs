@@ -129,12 +129,53 @@ pub fn digest(
             ));
         }
     };
+    let record_time = timestamp("digest.record_time", digest.record_time)?;
+    let signed = digest_signature(&digest, record_time.is_some())?;
     Ok(Some(Digest {
         offering_id: offering_id.to_owned(),
         sequence: digest.sequence,
         entry_hash,
-        record_time: timestamp("digest.record_time", digest.record_time)?,
+        record_time,
         root_hash,
+        signed,
+    }))
+}
+
+/// A digest's signature fields: all set (with a record_time, which the signature covers) or
+/// no signature; the key id and ledger id of an unsigned digest are not looked at.
+fn digest_signature(
+    digest: &proto::Digest,
+    has_record_time: bool,
+) -> Result<Option<chain::Signed>, ApiError> {
+    if digest.signature.is_empty() {
+        return Ok(None);
+    }
+    let signature =
+        <[u8; chain::SIGNATURE_BYTES]>::try_from(digest.signature.as_slice()).map_err(|_| {
+            ApiError::invalid(
+                "digest.signature",
+                format!(
+                    "must be {} bytes (Ed25519) or empty; it is {} bytes",
+                    chain::SIGNATURE_BYTES,
+                    digest.signature.len()
+                ),
+            )
+        })?;
+    let key_id = crate::signing::KeyId::parse(&digest.key_id).ok_or_else(|| {
+        ApiError::invalid("digest.key_id", "must be 16 hex digits in a signed digest")
+    })?;
+    let ledger_id = uuid::Uuid::parse_str(&digest.ledger_id)
+        .map_err(|_| ApiError::invalid("digest.ledger_id", "must be a UUID in a signed digest"))?;
+    if !has_record_time {
+        return Err(ApiError::invalid(
+            "digest.record_time",
+            "must be set in a signed digest: the signature covers it",
+        ));
+    }
+    Ok(Some(chain::Signed {
+        ledger_id,
+        key_id: key_id.0,
+        signature,
     }))
 }
 

@@ -12,7 +12,8 @@ use base64::engine::general_purpose::STANDARD;
 use serde::Deserialize;
 
 use super::export::{parse_hash, parse_time};
-use crate::ledger::chain::{Digest, Hash};
+use crate::ledger::chain::{Digest, Hash, SIGNATURE_BYTES, Signed};
+use crate::signing::KeyId;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +30,14 @@ struct DigestText {
     tree_size: Option<Sequence>,
     #[serde(alias = "rootHash", default)]
     root_hash: Option<String>,
+    /// Set by GetDigest; part of what a signature covers.
+    #[serde(alias = "ledgerId", default)]
+    ledger_id: Option<String>,
+    /// Absent (or empty) in an unsigned digest: base64 (grpcurl) or hex, 64 bytes.
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(alias = "keyId", default)]
+    key_id: Option<String>,
 }
 
 /// proto3 JSON writes int64 as a string; JSON lines may write a number.
@@ -75,7 +84,25 @@ impl DigestText {
             (_, Some(text)) => Some(hash(text)?),
             (_, None) => return Err(anyhow!("a tree_size without a root_hash")),
         };
+        let signed = match self.signature.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(Signed {
+                signature: signature(text)?,
+                key_id: self
+                    .key_id
+                    .as_deref()
+                    .and_then(KeyId::parse)
+                    .ok_or_else(|| anyhow!("a signature without a key_id of 16 hex digits"))?
+                    .0,
+                ledger_id: self
+                    .ledger_id
+                    .as_deref()
+                    .and_then(|text| uuid::Uuid::parse_str(text).ok())
+                    .ok_or_else(|| anyhow!("a signature without a ledger_id (a UUID)"))?,
+            }),
+        };
         Ok(Digest {
+            signed,
             offering_id: self.offering_id,
             sequence,
             entry_hash: hash(&self.entry_hash)?,
@@ -97,6 +124,22 @@ impl Sequence {
                 .map_err(|_| anyhow!("{name} {text:?} is not a number")),
         }
     }
+}
+
+/// An Ed25519 signature: 128 hex digits, or base64 as proto3 JSON writes bytes.
+fn signature(text: &str) -> anyhow::Result<[u8; SIGNATURE_BYTES]> {
+    let bytes = if text.len() == 2 * SIGNATURE_BYTES {
+        (0..SIGNATURE_BYTES)
+            .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect::<Option<Vec<u8>>>()
+    } else {
+        STANDARD.decode(text).ok()
+    };
+    bytes
+        .and_then(|bytes| <[u8; SIGNATURE_BYTES]>::try_from(bytes.as_slice()).ok())
+        .ok_or_else(|| {
+            anyhow!("signature {text:?} is neither 128 hex digits nor 64 bytes of base64")
+        })
 }
 
 /// 64 hex digits, or the 44 characters of base64 that proto3 JSON writes for 32 bytes.
@@ -150,6 +193,29 @@ mod tests {
         assert!(parse(&other_size).is_err());
         let no_root = grpcurl.replace(r#""rootHash""#, r#""recordTime""#);
         assert!(parse(&no_root).is_err());
+    }
+
+    #[test]
+    fn reads_a_signature_in_base64_or_hex_and_refuses_one_without_its_key_id() {
+        let signature = [7u8; 64];
+        let grpcurl = format!(
+            r#"{{"offeringId": "deal", "sequence": "4", "entryHash": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=", "recordTime": "2026-11-26T12:00:00.123456Z", "ledgerId": "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b", "signature": "{}", "keyId": "56475aa75463474c"}}"#,
+            STANDARD.encode(signature)
+        );
+        let line = grpcurl.replace(&STANDARD.encode(signature), &"07".repeat(64));
+        for text in [&grpcurl, &line] {
+            let signed = parse(text).unwrap().remove(0).signed.unwrap();
+            assert_eq!(signed.signature, signature);
+            assert_eq!(KeyId(signed.key_id).to_string(), "56475aa75463474c");
+            assert_eq!(
+                signed.ledger_id.to_string(),
+                "6f1c2a3b-4d5e-4f60-8a7b-9c0d1e2f3a4b"
+            );
+        }
+        let unsigned = grpcurl.replace(&STANDARD.encode(signature), "");
+        assert!(parse(&unsigned).unwrap()[0].signed.is_none());
+        assert!(parse(&grpcurl.replace("56475aa75463474c", "")).is_err());
+        assert!(parse(&grpcurl.replace("6f1c2a3b-", "")).is_err());
     }
 
     #[test]

@@ -20,6 +20,7 @@ use anyhow::Context;
 use crate::ledger::chain::Digest;
 use crate::ledger::limits::PAGE_SIZE_MAX;
 use crate::ledger::verify::Report;
+use crate::signing::{SignatureError, TrustedKeys};
 use crate::store::{Store, Verification};
 use export::ExportWriter;
 
@@ -67,6 +68,12 @@ impl Summary {
         writeln!(out, "{line}")
     }
 
+    /// Counts digests refused for their signature (`check_signatures` printed why).
+    pub fn add_refused(&mut self, refused: usize) {
+        self.digests_checked += refused;
+        self.digests_failed += refused;
+    }
+
     /// A digest of an offering that is not there any more.
     fn add_missing(&mut self, digest: &Digest, out: &mut impl Write) -> std::io::Result<()> {
         self.offerings_failed += 1;
@@ -97,6 +104,39 @@ impl fmt::Display for Summary {
             count(self.digests_failed as u64, "digest", "digests"),
         )
     }
+}
+
+/// With trusted keys, keeps only the digests signed by one of them (of ledger `ledger_id`, when
+/// known) and prints one line per digest refused; the digests kept and how many were refused.
+/// With none, every digest is kept, signed or not, as before signing existed.
+pub fn check_signatures(
+    digests: Vec<Digest>,
+    trusted: &TrustedKeys,
+    ledger_id: Option<uuid::Uuid>,
+    out: &mut impl Write,
+) -> std::io::Result<(Vec<Digest>, usize)> {
+    if trusted.is_empty() {
+        return Ok((digests, 0));
+    }
+    let mut kept = Vec::with_capacity(digests.len());
+    let mut refused = 0;
+    for digest in digests {
+        let error = match trusted.check(&digest, ledger_id) {
+            Ok(true) => {
+                kept.push(digest);
+                continue;
+            }
+            Ok(false) => SignatureError::Unsigned,
+            Err(error) => error,
+        };
+        refused += 1;
+        writeln!(
+            out,
+            "FAILED {}: the digest at sequence {}: {error}",
+            digest.offering_id, digest.sequence
+        )?;
+    }
+    Ok((kept, refused))
 }
 
 /// Verifies `offering_ids` (every offering when empty) in the database, each against the

@@ -30,6 +30,22 @@ pub struct Digest {
     /// The root of the Merkle tree of the first `sequence` entries (`merkle`); None in a digest
     /// taken before the tree existed.
     pub root_hash: Option<Hash>,
+    /// Who vouches for it (`crate::signing`): None in a digest of a server with no signing key.
+    pub signed: Option<Signed>,
+}
+
+/// An Ed25519 signature's length (RFC 8032).
+pub const SIGNATURE_BYTES: usize = 64;
+
+/// A digest's signature (docs/hash-chain.md "Signed digests"): by which key, over which ledger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Signed {
+    /// The database the offering lives in (made by its first migrate); the signature covers it.
+    pub ledger_id: uuid::Uuid,
+    /// The first 8 bytes of SHA-256 of the signer's raw public key.
+    pub key_id: [u8; 8],
+    /// Ed25519, over `signed_bytes`.
+    pub signature: [u8; SIGNATURE_BYTES],
 }
 
 impl Digest {
@@ -43,8 +59,35 @@ impl Digest {
             record_time: Some(head.update_time),
             // An offering whose tree migrate() has not built yet has none to give.
             root_hash: (head.tree.size() == head.version as u64).then(|| head.tree.root()),
+            signed: None,
         }
     }
+}
+
+/// The first field of the bytes a digest's signature covers: no entry encoding (which starts
+/// with a version byte, then a length) and no other protocol's message reads as one of these.
+pub const DIGEST_SIGNATURE_DOMAIN: &str = "subledger.v1.digest-signature";
+
+/// What a digest's signature covers, with the entry encoding's primitives: the domain, the 16
+/// bytes of the ledger id, offering_id, sequence, entry_hash, root_hash (32 zero bytes when
+/// there is no tree), tree_size (0 then), record_time. None without a record_time, which the
+/// signature must cover.
+pub fn signed_bytes(ledger_id: &uuid::Uuid, digest: &Digest) -> Option<Vec<u8>> {
+    let record_time = digest.record_time?;
+    let (root_hash, tree_size) = match digest.root_hash {
+        Some(root) => (root, digest.sequence),
+        None => ([0; 32], 0),
+    };
+    let mut out = Vec::with_capacity(200);
+    put_str(&mut out, DIGEST_SIGNATURE_DOMAIN);
+    out.extend_from_slice(ledger_id.as_bytes());
+    put_str(&mut out, &digest.offering_id);
+    put_i64(&mut out, digest.sequence);
+    out.extend_from_slice(&digest.entry_hash);
+    out.extend_from_slice(&root_hash);
+    put_i64(&mut out, tree_size);
+    put_time(&mut out, record_time);
+    Some(out)
 }
 
 /// The "previous hash" of sequence 1.

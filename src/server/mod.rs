@@ -19,6 +19,7 @@ use crate::api::auth::{AuthLayer, Authenticator};
 use crate::api::edge::{EdgeLayer, HTTP2_HEADER_LIST_BYTES_MAX, REQUEST_BYTES_MAX};
 use crate::api::{LedgerServer, LedgerService, ServiceLimits};
 use crate::proto;
+use crate::signing::DigestKeys;
 use crate::store::Store;
 use crate::telemetry::metrics;
 
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub service: ServiceLimits,
     /// Where to serve Prometheus metrics (GET /metrics); None: no metrics are recorded.
     pub metrics_listener: Option<TcpListener>,
+    /// The key GetDigest signs with (none: unsigned digests) and the keys VerifyOffering trusts.
+    pub digest_keys: DigestKeys,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             },
             service: ServiceLimits::default(),
             metrics_listener: None,
+            digest_keys: DigestKeys::default(),
         }
     }
 }
@@ -72,6 +76,8 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("cannot read the ledger id (is the database migrated?): {0}")]
+    LedgerId(#[from] crate::store::StoreError),
 }
 
 /// Serves on `listeners` (one per address the listen name resolved to) until `shutdown` is
@@ -82,6 +88,8 @@ pub async fn serve<S: Store>(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    // Every digest names its ledger, so the id is read once, before the first call.
+    let ledger_id = store.ledger_id().await?;
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     // The first answer is known before the first call can ask.
     let first = probe_health(&store, &health_reporter, None).await;
@@ -105,7 +113,8 @@ pub async fn serve<S: Store>(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let ledger = LedgerServer::new(
-        LedgerService::new(store, config.service, shutdown.clone()),
+        LedgerService::new(store, config.service, shutdown.clone())
+            .with_digest_keys(ledger_id, config.digest_keys),
         REQUEST_BYTES_MAX,
     );
     // Live peers answer PINGs long before the idle timeout; dead ones are dropped.

@@ -123,6 +123,10 @@ impl Store for FakeStore {
         Ok(())
     }
 
+    async fn ledger_id(&self) -> Result<uuid::Uuid, StoreError> {
+        Ok(uuid::Uuid::nil())
+    }
+
     async fn create_offering(
         &self,
         _: &NewOffering,

@@ -140,6 +140,15 @@ pub(crate) const BACKFILL_PAGE_ENTRIES: i64 = 10_000;
 
 /// The time recorded for a write: microsecond precision, which both databases store exactly,
 /// so what a reply says and what a later read returns are equal.
+/// The ledger id as both backends store it (text), or Corrupt.
+pub(crate) fn parse_ledger_id(text: Option<String>) -> Result<uuid::Uuid, StoreError> {
+    let text = text.ok_or_else(|| {
+        StoreError::Corrupt("the ledger table has no row: the database is not migrated".into())
+    })?;
+    uuid::Uuid::parse_str(&text)
+        .map_err(|_| StoreError::Corrupt(format!("the ledger id {text:?} is not a UUID")))
+}
+
 pub(crate) fn now() -> crate::ledger::Timestamp {
     use chrono::SubsecRound;
     chrono::Utc::now().trunc_subsecs(6)
@@ -410,6 +419,9 @@ impl SnapshotReader for Verification<'_> {
 pub trait Store: Clone + Send + Sync + 'static {
     /// Answers when the database does and would take a write (health checks).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The ledger's id (migration 0008), which every signed digest covers; it never changes.
+    fn ledger_id(&self) -> impl Future<Output = Result<uuid::Uuid, StoreError>> + Send;
 
     /// Creates the offering, or recognises a retry of the request that created it. Through a
     /// failover (PostgreSQL) it tries again on the new primary until `deadline`.

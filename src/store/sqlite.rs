@@ -564,6 +564,13 @@ impl Store for SqliteStore {
         Ok(results)
     }
 
+    async fn ledger_id(&self) -> Result<uuid::Uuid, StoreError> {
+        let text: Option<String> = sqlx::query_scalar("SELECT ledger_id FROM ledger")
+            .fetch_optional(&self.pool)
+            .await?;
+        super::parse_ledger_id(text)
+    }
+
     async fn get_offering(&self, offering_id: &str) -> Result<Option<Offering>, StoreError> {
         let row: Option<HeadRow> = sqlx::query_as(concat!(
             "SELECT ",

@@ -57,6 +57,11 @@ pub const RUNTIME_GRANTS: &[Grant] = &[
         why: "records how far each offering is published to NATS",
     },
     Grant {
+        table: "ledger",
+        privileges: "SELECT",
+        why: "reads the ledger id every digest carries, once at start-up",
+    },
+    Grant {
         table: "_sqlx_migrations",
         privileges: "SELECT",
         why: "serve --no-migrate checks that the applied migrations are the binary's own",

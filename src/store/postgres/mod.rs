@@ -421,6 +421,18 @@ impl Store for PgStore {
         .await
     }
 
+    async fn ledger_id(&self) -> Result<uuid::Uuid, StoreError> {
+        let text: Option<String> = self
+            .read(|connection, _| {
+                Box::pin(
+                    sqlx::query_scalar("SELECT ledger_id::text FROM ledger")
+                        .fetch_optional(connection),
+                )
+            })
+            .await?;
+        crate::store::parse_ledger_id(text)
+    }
+
     async fn get_offering(&self, offering_id: &str) -> Result<Option<Offering>, StoreError> {
         let row: Option<HeadRow> = self
             .read(|connection, _| {
