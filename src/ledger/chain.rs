@@ -14,8 +14,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::types::{Entry, Offering, Terms, Timestamp};
 
-/// A SHA-256 digest.
-pub type Hash = [u8; 32];
+pub use super::hash::Hash;
 
 /// Where an offering's chain stood at one moment (GetDigest): kept elsewhere, it later proves
 /// that the history up to `sequence` has not changed since, even if every hash was recomputed.

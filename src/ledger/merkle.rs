@@ -22,7 +22,7 @@ use std::collections::HashMap;
 
 use sha2::{Digest as _, Sha256};
 
-use super::chain::Hash;
+use super::hash::Hash;
 
 /// Complete subtrees whose level is a multiple of this (256 leaves, 65,536, ...) have their
 /// root stored when they complete. Any other complete subtree is hashed from fewer than 256

@@ -12,6 +12,7 @@ mod apply;
 pub mod chain;
 mod command;
 pub mod fields;
+mod hash;
 pub mod idempotency;
 pub mod limits;
 pub mod merkle;

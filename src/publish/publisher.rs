@@ -83,7 +83,10 @@ pub async fn run<S: Store>(store: S, nats: Nats, start: StartAt, shutdown: Cance
             }
         };
         // Read even while NATS is down, so that the backlog metric stays true.
-        metrics.backlog(&backlog);
+        metrics.backlog(
+            backlog.iter().map(|b| b.entries() as u64).sum(),
+            backlog.iter().filter_map(|b| b.oldest_unpublished).min(),
+        );
         // Made when the lease is taken, before any backlog: consumers can bind to it early.
         let stream_handle = match &stream {
             Some(stream) => stream,

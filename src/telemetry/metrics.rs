@@ -243,15 +243,14 @@ impl PublishMetrics {
         }
     }
 
-    /// Sets the lag and the backlog from a read of every offering behind its cursor.
-    pub fn backlog(&self, backlog: &[crate::store::Backlog]) {
-        let oldest = backlog.iter().filter_map(|b| b.oldest_unpublished).min();
+    /// Sets the lag and the backlog from a read of every offering behind its cursor: the
+    /// entries not yet published, and the record time of the oldest of them.
+    pub fn backlog(&self, entries: u64, oldest: Option<chrono::DateTime<chrono::Utc>>) {
         *self
             .oldest_unpublished
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = oldest;
-        self.backlog
-            .set(backlog.iter().map(|b| b.entries() as f64).sum::<f64>());
+        self.backlog.set(entries as f64);
         self.tick();
     }
 
