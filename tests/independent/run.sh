@@ -18,7 +18,7 @@ server=''
 trap '[ -z "$server" ] || { kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; }; rm -rf "$work"' EXIT
 cd "$work"
 "$bin" key new --out signing.pem >/dev/null 2>&1
-"$bin" key public --in signing.pem >signing.pub
+"$bin" key public --in signing.pem >signing.pub 2>/dev/null
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 (unset DATABASE_URL SUBLEDGER_DATA_DIR; exec "$bin" serve --data-dir data --listen "127.0.0.1:$port" \
   --signing-key signing.pem) >serve.log 2>&1 &
