@@ -503,6 +503,80 @@ mod tests {
         flip(&[*hash], bit % 256)[0]
     }
 
+    const DOC: &str = include_str!("../../docs/hash-chain.md");
+
+    /// The hashes of the line "- proof `name`: `value`" of the document's proofs example.
+    fn doc_hashes(name: &str) -> Vec<Hash> {
+        let prefix = format!("- proof {name}: `");
+        let line = DOC
+            .lines()
+            .find(|line| line.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("docs/hash-chain.md has no line {prefix:?}"));
+        line[prefix.len()..]
+            .trim_end_matches('`')
+            .split_whitespace()
+            .map(|text| crate::ledger::chain::parse_hex(text).expect("a hash in hex"))
+            .collect()
+    }
+
+    fn doc_hash(name: &str) -> Hash {
+        let hashes = doc_hashes(name);
+        assert_eq!(hashes.len(), 1, "{name}: one hash");
+        hashes[0]
+    }
+
+    /// docs/hash-chain.md, "Worked example: a tree of 7 entries": every value it gives is the
+    /// code's, and the documented paths are the ones the server builds and they verify.
+    #[test]
+    fn the_documented_proofs_are_what_the_code_computes() {
+        // Entry hashes of 32 bytes each equal to the sequence.
+        let entries: Vec<Hash> = (1..=7u8).map(|n| [n; 32]).collect();
+        let leaf: Vec<Hash> = entries.iter().map(leaf_hash).collect();
+        for (i, hash) in leaf.iter().enumerate() {
+            assert_eq!(
+                *hash,
+                doc_hash(&format!("leaf {}", i + 1)),
+                "leaf {}",
+                i + 1
+            );
+        }
+        let n12 = node_hash(&leaf[0], &leaf[1]);
+        let n34 = node_hash(&leaf[2], &leaf[3]);
+        let n56 = node_hash(&leaf[4], &leaf[5]);
+        let n14 = node_hash(&n12, &n34);
+        let n57 = node_hash(&n56, &leaf[6]);
+        assert_eq!(n12, doc_hash("node 1-2"));
+        assert_eq!(n34, doc_hash("node 3-4"));
+        assert_eq!(n56, doc_hash("node 5-6"));
+        assert_eq!(n14, doc_hash("node 1-4"));
+        assert_eq!(n57, doc_hash("node 5-7"));
+        let (root3, root7) = (doc_hash("root of 3"), doc_hash("root of 7"));
+        assert_eq!(Frontier::of(&entries[..3]).root(), root3);
+        assert_eq!(Frontier::of(&entries).root(), root7);
+        assert_eq!(mth(&entries[..3]), root3);
+        assert_eq!(node_hash(&n14, &n57), root7);
+
+        // The paths as the server builds them, from the rows a store returns.
+        let (_, stored) = grow(&entries);
+        let inclusion = Proof::Inclusion { index: 2, size: 7 };
+        let built = inclusion
+            .build(&rows(&inclusion, &entries, &stored))
+            .unwrap();
+        assert_eq!(built.path, doc_hashes("inclusion path"));
+        assert_eq!(built.path, vec![leaf[3], n12, n57]);
+        assert_eq!(built.root, root7);
+        assert!(verify_inclusion(2, 7, &entries[2], &built.path, &root7));
+
+        let consistency = Proof::Consistency { from: 3, to: 7 };
+        let built = consistency
+            .build(&rows(&consistency, &entries, &stored))
+            .unwrap();
+        assert_eq!(built.path, doc_hashes("consistency path"));
+        assert_eq!(built.path, vec![leaf[2], leaf[3], n12, n57]);
+        assert_eq!((built.from_root, built.root), (Some(root3), root7));
+        assert!(verify_consistency(3, 7, &root3, &root7, &built.path));
+    }
+
     #[test]
     fn the_frontier_gives_rfc_roots_and_stores_every_completed_band() {
         let leaves = entries(70_000);
