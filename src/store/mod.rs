@@ -75,6 +75,10 @@ impl From<sqlx::Error> for StoreError {
             E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
                 Self::Unavailable(error)
             }
+            // Bytes the protocol does not allow came over the connection (a network cut halfway
+            // through, say: "unexpected response from SSLRequest: 0x00" when connecting through
+            // one). The connection is unusable, not the request wrong: retrying is safe.
+            E::Protocol(_) => Self::Unavailable(error),
             E::Database(db) if is_unavailable_code(db.code().as_deref()) => {
                 Self::Unavailable(error)
             }
